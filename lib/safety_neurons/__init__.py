@@ -1,0 +1,22 @@
+"""safety-neurons: find the safety neurons of a language model and prove what they do.
+
+The notebooks in notebooks/ tell the story; this package does the work. Start with
+`load_config(profile)` and `load_model(cfg.model)`.
+"""
+from .config import PROFILES, RunConfig, load_config
+from .io import write_metrics
+
+__all__ = ["PROFILES", "RunConfig", "load_config", "write_metrics", "load_model", "stage_metrics"]
+__version__ = "0.1.0"
+
+
+def load_model(*args, **kwargs):
+    """See `safety_neurons.models.load_model` (imported lazily: torch is slow to import)."""
+    from .models import load_model as _load
+
+    return _load(*args, **kwargs)
+
+
+def stage_metrics(cfg: RunConfig, stage: str, metrics: dict) -> dict:
+    """Write a notebook's metrics to runs/<name>/metrics/<stage>.json and return them flattened."""
+    return write_metrics(cfg.metrics_path(stage), metrics)

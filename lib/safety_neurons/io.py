@@ -1,0 +1,97 @@
+"""Atomic artifact writing and the flat metrics files every notebook produces.
+
+Every artifact goes to a temporary file in the destination folder and is renamed into place,
+so a run killed mid-write never leaves a truncated file that a later stage would trust.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix or ".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten nested dicts into dotted keys, checking every leaf is a finite-or-NaN number.
+
+    Metrics files are flat so that a figure, a README table or a diff between runs can name
+    one number by one key (`refusal.m2.harmbench`).
+    """
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"metric keys must be non-empty strings, got {key!r}")
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, prefix=f"{name}."))
+            continue
+        if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"metric {name!r} must be a number, got {type(value).__name__}: {value!r}")
+        if name in flat:
+            raise ValueError(f"metric {name!r} given twice")
+        flat[name] = value
+    return flat
+
+
+def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Write a flat JSON object of named numbers (NaN and infinities are stored as null)."""
+    flat = flatten_metrics(metrics)
+    serialisable = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in flat.items()}
+    write_json_atomic(path, serialisable)
+    return flat
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, float | None]:
+    """Read a metrics file, failing loudly if it is not a flat object of numbers."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a metrics file must hold a JSON object, found {type(data).__name__}")
+    for key, value in data.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{path}: metric {key!r} is not a number: {value!r}")
+    return data
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

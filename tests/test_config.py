@@ -1,0 +1,75 @@
+import pytest
+
+from safety_neurons.config import PROFILES, PROJECT_ROOT, load_config, parse_override
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_every_profile_loads(profile):
+    cfg = load_config(profile)
+    assert cfg.profile == profile
+    assert cfg.run_dir.name == profile
+
+
+def test_profiles_cover_the_four_kinds_of_run():
+    assert set(PROFILES) == {"smoke", "quick", "default", "paper"}
+    assert load_config("smoke").model == "tiny-random-llama"
+    assert load_config("quick").model == load_config("default").model == "smollm2-135m-instruct"
+    assert load_config("paper").chat_template == "tulu"
+
+
+def test_overrides_apply_and_lists_become_tuples():
+    cfg = load_config("quick", {"max_new_tokens": 7, "train_seeds": [3, 4]})
+    assert cfg.max_new_tokens == 7
+    assert cfg.train_seeds == (3, 4)
+
+
+def test_unknown_profile_names_the_valid_ones():
+    with pytest.raises(ValueError, match="smoke, quick, default, paper"):
+        load_config("fast")
+
+
+def test_unknown_key_names_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown config key 'max_tokens'.*max_new_tokens"):
+        load_config("quick", {"max_tokens": 3})
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"split_fractions": [0.5, 0.5, 0.5]}, "sum to 1"),
+        ({"dtype": "float8"}, "dtype must be one of"),
+        ({"harmful_sets": []}, "at least one prompt set"),
+        ({"max_prompts_per_split": -1}, "max_prompts_per_split"),
+        ({"chat_template": "alpaca"}, "chat_template must be one of"),
+    ],
+)
+def test_bad_values_get_clear_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("quick", overrides)
+
+
+def test_parse_override_reads_json_or_keeps_text():
+    assert parse_override("max_new_tokens=32") == ("max_new_tokens", 32)
+    assert parse_override("train_seeds=[1,2]") == ("train_seeds", [1, 2])
+    assert parse_override("model=/models/llama") == ("model", "/models/llama")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_override("max_new_tokens")
+
+
+def test_none_strings_clear_optional_fields():
+    assert load_config("quick", {"max_prompts_per_split": "None"}).max_prompts_per_split is None
+
+
+def test_run_dir_is_under_the_project_unless_redirected(monkeypatch, tmp_path):
+    monkeypatch.delenv("SAFETY_NEURONS_RUNS", raising=False)
+    assert load_config("smoke").run_dir == PROJECT_ROOT / "runs" / "smoke"
+    assert load_config("smoke", run_name="exp1").run_dir == PROJECT_ROOT / "runs" / "exp1"
+    monkeypatch.setenv("SAFETY_NEURONS_RUNS", str(tmp_path))
+    assert load_config("smoke").run_dir == tmp_path / "smoke"
+
+
+def test_fingerprint_changes_with_any_field():
+    a = load_config("quick")
+    assert a.fingerprint() == load_config("quick").fingerprint()
+    assert a.fingerprint() != load_config("quick", seed=1).fingerprint()

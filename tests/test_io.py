@@ -1,0 +1,53 @@
+import json
+import math
+
+import pytest
+
+from safety_neurons.io import atomic_path, flatten_metrics, read_metrics, write_json_atomic, write_metrics
+
+
+def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):
+    target = tmp_path / "a" / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+
+
+def test_atomic_write_replaces_existing_file(tmp_path):
+    target = tmp_path / "x.json"
+    write_json_atomic(target, {"a": 1})
+    write_json_atomic(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_flatten_metrics_dots_nested_keys():
+    flat = flatten_metrics({"model": {"n_layers": 30, "d_mlp": 1536}, "seconds": 1.5})
+    assert flat == {"model.n_layers": 30, "model.d_mlp": 1536, "seconds": 1.5}
+
+
+@pytest.mark.parametrize("bad", [{"a": "text"}, {"a": True}, {"a": [1, 2]}, {"": 1}])
+def test_flatten_metrics_rejects_non_numbers(bad):
+    with pytest.raises((TypeError, ValueError)):
+        flatten_metrics(bad)
+
+
+def test_flatten_metrics_rejects_a_key_given_twice():
+    with pytest.raises(ValueError, match="given twice"):
+        flatten_metrics({"a.b": 1, "a": {"b": 2}})
+
+
+def test_write_metrics_stores_nan_as_null_and_reads_back(tmp_path):
+    path = tmp_path / "m.json"
+    write_metrics(path, {"ok": 1, "nan": math.nan})
+    assert read_metrics(path) == {"ok": 1, "nan": None}
+
+
+def test_read_metrics_rejects_nested_objects(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"a": {"b": 1}}))
+    with pytest.raises(ValueError, match="not a number"):
+        read_metrics(path)
