@@ -56,7 +56,11 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, f
             raise ValueError(f"metric keys must be non-empty strings, got {key!r}")
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(flatten_metrics(value, prefix=f"{name}."))
+            nested = flatten_metrics(value, prefix=f"{name}.")
+            twice = nested.keys() & flat.keys()
+            if twice:
+                raise ValueError(f"metric {sorted(twice)[0]!r} given twice")
+            flat.update(nested)
             continue
         if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
             value = value.item()
