@@ -143,6 +143,8 @@ def test_missing_or_foreign_adapters_get_clear_errors(tmp_path):
 
 
 def test_unknown_model_folder_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="unknown model 'gpt7'.*org/name"):
+        load_model("gpt7", device="cpu")
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(str(tmp_path / "missing" / "model"), device="cpu")
     with pytest.raises(ModelLoadError, match="no config.json"):

@@ -86,6 +86,11 @@ def load_hf_model(name: str, *, dtype: torch.dtype = torch.float32):
             source = str(path)
         elif name.startswith((".", "/", "~")) or name.count("/") > 1:
             raise ModelLoadError(f"model folder {name!r} does not exist")
+        elif name.count("/") != 1:
+            raise ModelLoadError(
+                f"unknown model {name!r}: use {EMBEDDED_MODEL!r} (embedded), {TINY_MODEL!r} (tiny, for tests), "
+                "a local checkpoint folder, or a hub id of the form org/name"
+            )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
