@@ -43,7 +43,21 @@ class RunConfig:
     n_setup_examples: int = 3
     train_seeds: tuple[int, ...] = (0, 1, 2)
     sft_dataset: str | None = None  # None: the model is already instruction-tuned, SFT is skipped
-    dpo_dataset: str = "harmless"
+    sft_examples: int = 2000
+    dpo_dataset: str = "harmless"  # harmless (built in code from M1's answers) or a hub preference set
+    # Objectives of the alignment-tax study; the first harmless seed is "M2" for every later stage.
+    objectives: tuple[str, ...] = ("harmless", "helpful", "reasoning", "extraction")
+    train_harmful_sets: tuple[str, ...] = ("harmbench", "donotanswer")  # DPO sees only these sets
+    align_harmful: int = 160  # harmful prompts in the preference set (from the alignment splits)
+    align_benign: int = 80  # benign prompts in the preference set
+    answer_tokens: int = 40  # length of M1's own answers used in the preference pairs
+    dpo_learning_rate: float = 1e-2
+    dpo_epochs: float = 2.0
+    dpo_batch_size: int = 8
+    dpo_beta: float = 0.1
+    eval_prompts: int | None = None  # per evaluation set; None: the whole evaluation split
+    eval_tokens: int = 32  # answer length when judging refusal
+    ppl_texts: int = 64  # paragraphs of the text corpus for perplexity
     run_root: str = "runs"
     run_name: str | None = None  # None: the profile name
 
@@ -85,9 +99,20 @@ PROFILES: dict[str, dict[str, Any]] = {
         batch_size=4,
         train_seeds=(0,),
         n_setup_examples=2,
+        align_harmful=6,
+        align_benign=4,
+        answer_tokens=6,
+        dpo_epochs=1.0,
+        dpo_batch_size=4,
+        eval_prompts=4,
+        eval_tokens=6,
+        ppl_texts=4,
     ),
     # The embedded model with small sizes: minutes on a laptop CPU.
-    "quick": dict(model=EMBEDDED_MODEL, max_prompts_per_split=24, max_new_tokens=32, train_seeds=(0,)),
+    "quick": dict(
+        model=EMBEDDED_MODEL, max_prompts_per_split=24, max_new_tokens=32, train_seeds=(0,),
+        objectives=("harmless",), align_harmful=48, align_benign=24, dpo_epochs=1.0, eval_prompts=24, ppl_texts=16,
+    ),
     # The embedded model, the full study.
     "default": dict(model=EMBEDDED_MODEL),
     # The paper's setting, by hub name: needs the hub and a GPU.
@@ -103,10 +128,19 @@ PROFILES: dict[str, dict[str, Any]] = {
         train_seeds=(0, 1, 2, 3, 4),
         sft_dataset="sharegpt",
         dpo_dataset="hh_rlhf_harmless",
+        train_harmful_sets=("beavertails",),
+        align_harmful=2000,
+        align_benign=0,
+        answer_tokens=128,
+        dpo_learning_rate=5e-3,
+        dpo_epochs=1.0,
+        eval_tokens=128,
+        ppl_texts=256,
     ),
 }
 
 _CHAT_TEMPLATES = ("auto", "chat", "plain", "tulu")
+OBJECTIVES = ("harmless", "helpful", "reasoning", "extraction")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -140,7 +174,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     # JSON and papermill give lists where the config keeps tuples (hashable, frozen).
     if isinstance(value, list):
         return tuple(value)
-    if f.name in {"max_prompts_per_split", "sft_dataset", "run_name"} and value in ("None", "none", "null"):
+    if f.name in {"max_prompts_per_split", "sft_dataset", "run_name", "eval_prompts"} and value in ("None", "none", "null"):
         return None
     return value
 
@@ -160,12 +194,23 @@ def _validate(cfg: RunConfig) -> None:
     need(len(cfg.split_fractions) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in cfg.split_fractions),
          f"split_fractions must be three positive numbers (alignment, finding, evaluation), got {cfg.split_fractions!r}")
     need(abs(sum(cfg.split_fractions) - 1.0) < 1e-6, f"split_fractions must sum to 1, got {sum(cfg.split_fractions)}")
-    for name in ("max_new_tokens", "batch_size", "n_setup_examples"):
+    for name in ("max_new_tokens", "batch_size", "n_setup_examples", "align_harmful", "answer_tokens",
+                 "dpo_batch_size", "eval_tokens", "ppl_texts", "sft_examples"):
         value = getattr(cfg, name)
         need(isinstance(value, int) and not isinstance(value, bool) and value > 0, f"{name} must be a positive integer, got {value!r}")
     need(cfg.max_prompts_per_split is None or (isinstance(cfg.max_prompts_per_split, int) and cfg.max_prompts_per_split > 0),
          f"max_prompts_per_split must be a positive integer or None, got {cfg.max_prompts_per_split!r}")
     need(isinstance(cfg.harmful_sets, tuple) and len(cfg.harmful_sets) > 0, "harmful_sets must name at least one prompt set")
+    need(isinstance(cfg.align_benign, int) and cfg.align_benign >= 0, f"align_benign must be >= 0, got {cfg.align_benign!r}")
+    need(cfg.eval_prompts is None or (isinstance(cfg.eval_prompts, int) and cfg.eval_prompts > 0),
+         f"eval_prompts must be a positive integer or None, got {cfg.eval_prompts!r}")
+    need(isinstance(cfg.objectives, tuple) and len(cfg.objectives) > 0 and cfg.objectives[0] == "harmless"
+         and set(cfg.objectives) <= set(OBJECTIVES),
+         f"objectives must start with 'harmless' and be among {OBJECTIVES}, got {cfg.objectives!r}")
+    need(isinstance(cfg.train_harmful_sets, tuple) and len(cfg.train_harmful_sets) > 0,
+         "train_harmful_sets must name at least one prompt set")
+    need(cfg.dpo_learning_rate > 0 and cfg.dpo_epochs > 0 and cfg.dpo_beta > 0,
+         "dpo_learning_rate, dpo_epochs and dpo_beta must be positive")
     need(isinstance(cfg.benign_sets, tuple), "benign_sets must be a list of prompt-set names")
     need(isinstance(cfg.train_seeds, tuple) and len(cfg.train_seeds) > 0 and all(isinstance(s, int) for s in cfg.train_seeds),
          f"train_seeds must be a non-empty list of integers, got {cfg.train_seeds!r}")

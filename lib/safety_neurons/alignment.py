@@ -1,0 +1,294 @@
+"""Alignment with (IA)^3 on the MLP neurons only: DPO (and SFT when a profile names SFT data).
+
+(IA)^3 multiplies each neuron's activation by a learned scale (PEFT's feed-forward IA3 on down_proj's
+input), so M2 differs from M1 only by per-neuron scaling and every neuron keeps its meaning: the
+premise of the whole study. The DPO reference is M1 itself, the same weights with the adapter
+disabled (no second copy in memory), and its log-probabilities are computed once before training.
+
+Training is resumable: checkpoints go under <out>/checkpoints and a restarted run continues from the
+last one. The finished adapter is written to a staging folder and renamed to <out>/adapter, so an
+adapter folder that exists is always complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import read_json, write_json_atomic
+from .preferences import Preference
+
+IA3_TARGETS = ("down_proj",)
+ADAPTER_DIRNAME = "adapter"
+TRAIN_LOG = "train_log.json"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    learning_rate: float = 5e-3
+    epochs: float = 2.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    beta: float = 0.1
+    # Weight of an NLL term on the chosen answers added to the DPO loss (trl's "sft" loss type,
+    # as in RPO); 0 is pure DPO. See the alignment notebook for why the embedded profiles use it.
+    sft_weight: float = 0.0
+    max_length: int = 256
+    seed: int = 0
+    save_steps: int = 10
+    warmup_ratio: float = 0.1
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    seconds: float
+    steps: int
+    step_seconds: float
+    log: list[dict[str, Any]] = field(default_factory=list)
+    resumed: bool = False
+
+
+def ia3_mlp_config():
+    """(IA)^3 on the MLP neurons only: one learned scale per neuron, applied to down_proj's input."""
+    from peft import IA3Config
+
+    return IA3Config(task_type="CAUSAL_LM", target_modules=list(IA3_TARGETS), feedforward_modules=list(IA3_TARGETS))
+
+
+def use_bf16(device: torch.device) -> bool:
+    """bf16 autocast only where the hardware does it natively: on a CPU it makes a DPO step ~14x slower."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def adapter_done(out_dir: str | Path) -> bool:
+    return (Path(out_dir) / ADAPTER_DIRNAME / TRAIN_LOG).exists()
+
+
+def dpo_dataset(tokenizer, pairs: list[Preference], template: str):
+    """trl's standard (non-conversational) format: the prompt already carries the chat template,
+    so training sees exactly the text generation sees."""
+    from datasets import Dataset
+
+    from .chat import format_prompt
+
+    if not pairs:
+        raise ValueError("the preference set is empty: nothing to train on")
+    return Dataset.from_list(
+        [{"prompt": format_prompt(tokenizer, p.prompt, template), "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    )
+
+
+def train_dpo(
+    base_model_name: str,
+    pairs: list[Preference],
+    out_dir: str | Path,
+    *,
+    template: str = "auto",
+    settings: TrainSettings = TrainSettings(),
+    device: str = "auto",
+    progress: bool = True,
+) -> TrainResult:
+    """DPO with (IA)^3 on the MLP; returns where the adapter is. A finished adapter is not retrained."""
+    from trl import DPOConfig, DPOTrainer
+
+    if not pairs:
+        raise ValueError("the preference set is empty: nothing to train on")
+    out = Path(out_dir)
+    if adapter_done(out):
+        return _result_from_log(out)
+    model, tokenizer, dev = _load_for_training(base_model_name, device)
+    dataset = dpo_dataset(tokenizer, pairs, template)
+    losses = {"loss_type": ["sigmoid"]} if settings.sft_weight == 0 else {
+        "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, settings.sft_weight]}
+    args = DPOConfig(**_trainer_args(out, settings, dev, len(pairs), progress), beta=settings.beta,
+                     max_length=settings.max_length, precompute_ref_log_probs=True, **losses)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=ia3_mlp_config(), callbacks=[_StepTimer()])
+    return _train_and_save(trainer, out, base_model_name, settings, {"objective_pairs": len(pairs)})
+
+
+def sft_dataset(tokenizer, conversations: list[list[dict]], template: str):
+    """Prompt-completion examples, one per assistant turn, so the loss falls on assistant tokens only.
+    The prompt holds the conversation so far (earlier turns as plain text, the last user turn templated)."""
+    from datasets import Dataset
+
+    from .chat import format_prompt
+
+    rows = []
+    for conv in conversations:
+        history: list[str] = []
+        for turn, reply in zip(conv[0::2], conv[1::2]):
+            if turn["role"] != "user" or reply["role"] != "assistant":
+                raise ValueError("SFT conversations must alternate user and assistant turns, starting with the user")
+            context = "\n\n".join([*history, turn["content"]])
+            rows.append({"prompt": format_prompt(tokenizer, context, template), "completion": reply["content"] + tokenizer.eos_token})
+            history += [turn["content"], reply["content"]]
+    if not rows:
+        raise ValueError("the SFT conversation set is empty: nothing to train on")
+    return Dataset.from_list(rows)
+
+
+def train_sft(
+    base_model_name: str,
+    conversations: list[list[dict]],
+    out_dir: str | Path,
+    *,
+    template: str = "auto",
+    settings: TrainSettings = TrainSettings(),
+    device: str = "auto",
+    progress: bool = True,
+) -> TrainResult:
+    """SFT with (IA)^3 on the MLP, loss on assistant turns only (trl's completion-only loss)."""
+    from trl import SFTConfig, SFTTrainer
+
+    if not conversations:
+        raise ValueError("the SFT conversation set is empty: nothing to train on")
+    out = Path(out_dir)
+    if adapter_done(out):
+        return _result_from_log(out)
+    model, tokenizer, dev = _load_for_training(base_model_name, device)
+    dataset = sft_dataset(tokenizer, conversations, template)
+    args = SFTConfig(**_trainer_args(out, settings, dev, len(dataset), progress), max_length=settings.max_length,
+                     completion_only_loss=True, packing=False)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=ia3_mlp_config(), callbacks=[_StepTimer()])
+    return _train_and_save(trainer, out, base_model_name, settings, {"sft_examples": len(dataset)})
+
+
+def save_merged_model(base_model_name: str, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Fold an adapter into its base (into up_proj's rows, as for M2) and save a full checkpoint.
+    After SFT this checkpoint is M1: the model DPO starts from and every comparison's baseline."""
+    from .models import fold_ia3, load_hf_model
+
+    final = Path(out_dir)
+    if (final / "config.json").exists():
+        return final
+    model, tokenizer = load_hf_model(base_model_name, dtype=torch.float32)
+    fold_ia3(model, adapter_dir)
+    staging = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    os.replace(staging, final)
+    return final
+
+
+class _StepTimer:
+    """Wall time of each optimiser step (trl's own logs carry no timings). Built lazily as a
+    TrainerCallback subclass so that importing this module does not import transformers."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class StepTimer(TrainerCallback):
+            def __init__(self):
+                self.times: list[float] = []
+
+            def on_step_begin(self, *a, **k):
+                self._t = time.perf_counter()
+
+            def on_step_end(self, *a, **k):
+                self.times.append(time.perf_counter() - self._t)
+
+        return StepTimer()
+
+
+def _load_for_training(base_model_name: str, device: str):
+    from .models import load_hf_model, resolve_device
+
+    dev = resolve_device(device)
+    model, tokenizer = load_hf_model(base_model_name, dtype=torch.float32)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(dev), tokenizer, dev
+
+
+def _trainer_args(out: Path, settings: TrainSettings, dev: torch.device, n_examples: int, progress: bool) -> dict[str, Any]:
+    return dict(
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        lr_scheduler_type="linear",
+        warmup_steps=int(settings.warmup_ratio * total_steps(n_examples, settings)),
+        bf16=use_bf16(dev),
+        fp16=False,
+        gradient_checkpointing=False,  # small models: recomputation costs more than it saves
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=1,
+        report_to=[],
+        seed=settings.seed,
+        data_seed=settings.seed,
+        use_cpu=dev.type == "cpu",
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+    )
+
+
+def _train_and_save(trainer, out: Path, base_model_name: str, settings: TrainSettings, extra: dict[str, Any]) -> TrainResult:
+    """Train (resuming from the last checkpoint if one exists), then write the adapter atomically."""
+    from .models import load_hf_model, write_base_fingerprint
+
+    ckpt_dir = out / "checkpoints"
+    resume = _last_checkpoint(ckpt_dir)
+    timer = next(cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "times"))
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - start
+
+    staging = out / f".{ADAPTER_DIRNAME}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.model.save_pretrained(staging)
+    base, _ = load_hf_model(base_model_name, dtype=torch.float32)
+    write_base_fingerprint(staging, base, base_model_name)
+    log = [dict(entry) for entry in trainer.state.log_history]
+    step_seconds = sum(timer.times) / max(len(timer.times), 1)
+    result = TrainResult(out / ADAPTER_DIRNAME, seconds, trainer.state.global_step, step_seconds, log, resumed=resume is not None)
+    write_json_atomic(staging / TRAIN_LOG, {
+        **extra, "settings": asdict(settings), "base": base_model_name, "seconds": seconds, "steps": result.steps,
+        "step_seconds": step_seconds, "resumed": result.resumed, "device": str(trainer.args.device),
+        "bf16": trainer.args.bf16, "log": log,
+    })
+    final = out / ADAPTER_DIRNAME
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return result
+
+
+def total_steps(n_pairs: int, settings: TrainSettings) -> int:
+    per_epoch = -(-n_pairs // (settings.batch_size * settings.grad_accum))
+    return max(1, int(per_epoch * settings.epochs))
+
+
+def _last_checkpoint(ckpt_dir: Path) -> Path | None:
+    if not ckpt_dir.is_dir():
+        return None
+    ckpts = sorted(ckpt_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return ckpts[-1] if ckpts else None
+
+
+def _result_from_log(out: Path) -> TrainResult:
+    data = read_json(out / ADAPTER_DIRNAME / TRAIN_LOG)
+    return TrainResult(out / ADAPTER_DIRNAME, data["seconds"], data["steps"], data["step_seconds"], data["log"], data["resumed"])
+
+
+def training_curve(log: list[dict[str, Any]]):
+    """Loss and reward margin per step, from trl's log history."""
+    import pandas as pd
+
+    rows = [
+        {"step": e["step"], "loss": e.get("loss"), "reward_margin": e.get("rewards/margins"), "reward_accuracy": e.get("rewards/accuracies")}
+        for e in log if "loss" in e and "step" in e
+    ]
+    return pd.DataFrame(rows)

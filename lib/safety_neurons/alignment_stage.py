@@ -1,0 +1,206 @@
+"""Stage 01 (alignment): from a config to M1, the preference sets, the trained M2 adapters and
+their evaluation. Each function is one step the notebook shows; each caches its artifact under
+runs/<name>/artifacts/01_alignment/ so a re-run (or a killed run) redoes nothing finished.
+
+Later stages get their models from here: `m1_name(cfg)` and `m2_adapter(cfg, objective, seed)`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from .alignment import TrainResult, TrainSettings, adapter_done, save_merged_model, train_dpo, train_sft
+from .config import RunConfig
+from .data import SPLITS, load_split
+from .io import read_json, write_json_atomic
+from .preferences import Preference, extraction_pairs, harmless_pairs, helpful_pairs, reasoning_pairs
+
+STAGE = "01_alignment"
+
+
+def stage_dir(cfg: RunConfig) -> Path:
+    return cfg.artifact_dir(STAGE)
+
+
+# ---------------------------------------------------------------- M1
+
+
+def m1_name(cfg: RunConfig) -> str:
+    """The unaligned model M1: the configured model, or its SFT'd checkpoint when the profile has SFT."""
+    if cfg.sft_dataset is None:
+        return cfg.model
+    path = stage_dir(cfg) / "m1_sft"
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"M1 (the SFT checkpoint) is missing at {path}: run notebook 01_alignment first")
+    return str(path)
+
+
+def run_sft(cfg: RunConfig, *, conversations_path: str | None = None, progress: bool = True) -> str | None:
+    """SFT the base on the profile's SFT data and save the folded result as M1; None when skipped."""
+    if cfg.sft_dataset is None:
+        return None
+    from .hub_data import load_hub_conversations
+
+    out = stage_dir(cfg) / "sft"
+    conversations = [] if adapter_done(out) else load_hub_conversations(cfg.sft_dataset, path=conversations_path, limit=cfg.sft_examples)
+    result = train_sft(cfg.model, conversations, out, template=cfg.chat_template, settings=dpo_settings(cfg, cfg.seed),
+                       device=cfg.device, progress=progress) if conversations else None
+    adapter = result.adapter_dir if result else out / "adapter"
+    return str(save_merged_model(cfg.model, adapter, stage_dir(cfg) / "m1_sft"))
+
+
+# ---------------------------------------------------------------- preference data
+
+
+def round_robin(lists: list[list[str]], n: int) -> list[str]:
+    """Up to n items taking one from each list in turn, so every set is represented."""
+    out: list[str] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        for lst in lists:
+            if i < len(lst) and len(out) < n:
+                out.append(lst[i])
+    return out
+
+
+def alignment_prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """Harmful prompts (from the training sets' alignment splits) and benign ones for the preference set."""
+    harmful = round_robin([load_split(cfg, s, "alignment") for s in cfg.train_harmful_sets], cfg.align_harmful)
+    benign = round_robin([load_split(cfg, s, "alignment") for s in cfg.benign_sets], cfg.align_benign) if cfg.align_benign else []
+    return harmful, benign
+
+
+def cached_answers(cfg: RunConfig, m1, prompts: list[str], *, name: str, progress: bool = True) -> list[str]:
+    """M1's greedy answers to `prompts`, cached by the prompts, model and length."""
+    from .generation import answer_prompts
+
+    if not prompts:
+        return []
+    key = hashlib.sha256(json.dumps([cfg.model, cfg.chat_template, cfg.answer_tokens, prompts]).encode()).hexdigest()[:16]
+    path = stage_dir(cfg) / "m1_answers" / f"{name}-{key}.json"
+    if path.exists():
+        return read_json(path)
+    answers = [g.text for g in answer_prompts(m1, prompts, template=cfg.chat_template, max_new_tokens=cfg.answer_tokens,
+                                               batch_size=cfg.batch_size, progress=progress, desc=f"M1 answers ({name})")]
+    write_json_atomic(path, answers)
+    return answers
+
+
+def preference_pairs(cfg: RunConfig, objective: str, m1, *, progress: bool = True) -> list[Preference]:
+    """The preference set of one objective, built once and saved as JSON beside the adapters."""
+    path = stage_dir(cfg) / "preferences" / f"{objective}.json"
+    if path.exists():
+        return [Preference(**r) for r in read_json(path)]
+    harmful, benign = alignment_prompts(cfg)
+    if objective == "harmless" and cfg.dpo_dataset != "harmless":
+        from .hub_data import load_hub_preferences
+
+        pairs = [Preference(p.prompt, p.chosen, p.rejected, cfg.dpo_dataset)
+                 for p in load_hub_preferences(cfg.dpo_dataset, limit=cfg.align_harmful)]
+    elif objective == "harmless":
+        pairs = harmless_pairs(harmful, cached_answers(cfg, m1, harmful, name="harmful", progress=progress),
+                               benign, cached_answers(cfg, m1, benign, name="benign", progress=progress), seed=cfg.seed)
+    elif objective == "helpful":
+        if not benign:
+            raise ValueError("the helpful objective needs benign prompts: set align_benign > 0")
+        pairs = helpful_pairs(benign, cached_answers(cfg, m1, benign, name="benign", progress=progress), seed=cfg.seed)
+    elif objective == "reasoning":
+        pairs = reasoning_pairs(cfg.align_harmful + cfg.align_benign, seed=cfg.seed)
+    elif objective == "extraction":
+        pairs = extraction_pairs(cfg.align_harmful + cfg.align_benign, seed=cfg.seed)
+    else:
+        raise ValueError(f"unknown objective {objective!r}; use harmless, helpful, reasoning or extraction")
+    write_json_atomic(path, [asdict(p) for p in pairs])
+    return pairs
+
+
+# ---------------------------------------------------------------- training
+
+
+def dpo_settings(cfg: RunConfig, seed: int) -> TrainSettings:
+    return TrainSettings(learning_rate=cfg.dpo_learning_rate, epochs=cfg.dpo_epochs, batch_size=cfg.dpo_batch_size,
+                         beta=cfg.dpo_beta, seed=seed)
+
+
+def training_runs(cfg: RunConfig) -> list[tuple[str, int]]:
+    """(objective, seed) of every M2: the harmless objective at every training seed, the others at the first."""
+    first = cfg.train_seeds[0]
+    return [("harmless", s) for s in cfg.train_seeds] + [(o, first) for o in cfg.objectives if o != "harmless"]
+
+
+def run_dir_of(cfg: RunConfig, objective: str, seed: int) -> Path:
+    return stage_dir(cfg) / objective / f"seed{seed}"
+
+
+def train_m2(cfg: RunConfig, objective: str, seed: int, pairs: list[Preference], *, progress: bool = True) -> TrainResult:
+    return train_dpo(m1_name(cfg), pairs, run_dir_of(cfg, objective, seed), template=cfg.chat_template,
+                     settings=dpo_settings(cfg, seed), device=cfg.device, progress=progress)
+
+
+def m2_adapter(cfg: RunConfig, objective: str = "harmless", seed: int | None = None) -> Path:
+    """The adapter of one M2 (default: the first harmless seed, "M2" of every later stage)."""
+    seed = cfg.train_seeds[0] if seed is None else seed
+    out = run_dir_of(cfg, objective, seed)
+    if not adapter_done(out):
+        raise FileNotFoundError(f"no trained adapter for objective {objective!r}, seed {seed} at {out}: run notebook 01_alignment first")
+    return out / "adapter"
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluation_prompts(cfg: RunConfig) -> dict[str, list[str]]:
+    """Held-out prompts: the first harmful set's evaluation split, and the benign sets' (pooled)."""
+    n = cfg.eval_prompts
+    harmful = load_split(cfg, cfg.harmful_sets[0], "evaluation")[:n]
+    benign = round_robin([load_split(cfg, s, "evaluation") for s in cfg.benign_sets], n or 10**9)
+    return {cfg.harmful_sets[0]: harmful, "benign": benign}
+
+
+def text_corpus(cfg: RunConfig) -> list[str]:
+    return [t for t in load_split(cfg, cfg.text_corpus, "evaluation")][: cfg.ppl_texts]
+
+
+assert SPLITS[0] == "alignment"  # the preference sets are drawn from the first split
+
+
+def model_name(objective: str, seed: int) -> str:
+    return f"{objective}/seed{seed}"
+
+
+def alignment_metrics(cfg: RunConfig, results: dict, evals: dict, ppl: dict, *, judge_auroc: float,
+                      n_pairs: int, seconds: float) -> dict:
+    """Metrics of stage 01. Unprefixed keys: M1 and M2 (the harmless model at the first seed);
+    `seed<s>.` the other harmless seeds; `objective.<name>.` the other objectives."""
+    sets = sorted({s for _, s in evals})
+
+    def of(name: str, role: str) -> dict:
+        return {"refusal": {role: {s: evals[(name, s)].rate for s in sets}},
+                "logodds": {role: {s: evals[(name, s)].mean_logodds for s in sets}},
+                "ppl": {role: ppl[name]}}
+
+    def train(r: TrainResult) -> dict:
+        return {"train": {"seconds": r.seconds, "step_seconds": r.step_seconds, "steps": r.steps}}
+
+    first = cfg.train_seeds[0]
+    m2 = model_name("harmless", first)
+    metrics = _merge(of("m1", "m1"), of(m2, "m2"), train(results[("harmless", first)]))
+    metrics |= {"judge": {"logodds_auroc": judge_auroc}, "n_pairs": n_pairs, "seconds": seconds}
+    for (objective, seed), r in results.items():
+        if (objective, seed) == ("harmless", first):
+            continue
+        entry = _merge(of(model_name(objective, seed), "m2"), train(r))
+        if objective == "harmless":
+            metrics[f"seed{seed}"] = entry
+        else:
+            metrics.setdefault("objective", {})[objective] = entry
+    return metrics
+
+
+def _merge(*dicts: dict) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,66 @@
+"""Evaluation shared by the stages: refusal on prompt sets and perplexity on general text."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .generation import Generation, answer_prompts
+from .judge import refusal_judge, refusal_logodds
+
+
+@dataclass(frozen=True)
+class RefusalEval:
+    prompts: list[str]
+    answers: list[Generation]
+    refused: list[bool]  # phrase judge
+    logodds: list[float]  # model-based judge
+
+    @property
+    def rate(self) -> float:
+        return sum(self.refused) / len(self.refused)
+
+    @property
+    def mean_logodds(self) -> float:
+        return sum(self.logodds) / len(self.logodds)
+
+
+def evaluate_refusal(bridge, prompts: list[str], *, template: str, max_new_tokens: int, batch_size: int,
+                     progress: bool = True, desc: str = "evaluate") -> RefusalEval:
+    """Greedy answers judged by the phrase judge, plus the model's refusal log-odds."""
+    answers = answer_prompts(bridge, prompts, template=template, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, progress=progress, desc=desc)
+    logodds = refusal_logodds(bridge, [a.prompt_ids for a in answers], batch_size=batch_size)
+    return RefusalEval(prompts, answers, refusal_judge([a.text for a in answers]), logodds)
+
+
+@torch.no_grad()
+def perplexity(bridge, texts: list[str], *, batch_size: int = 8, max_tokens: int = 256, progress: bool = True) -> float:
+    """exp(mean next-token NLL) over all tokens of `texts` (each truncated to `max_tokens`)."""
+    if not texts:
+        raise ValueError("no text to compute perplexity on")
+    tokenizer = bridge.tokenizer
+    hf = bridge.original_model
+    device = next(hf.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
+    encoded = [e for e in encoded if len(e) >= 2]
+    total_nll, total_tokens = 0.0, 0
+    for start in tqdm(range(0, len(encoded), batch_size), desc="perplexity", disable=not progress):
+        batch = encoded[start : start + batch_size]
+        width = max(len(e) for e in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, e in enumerate(batch):  # right padding: positions stay the same as unpadded
+            ids[i, : len(e)] = torch.tensor(e)
+            mask[i, : len(e)] = 1
+        logits = hf(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = ids[:, 1:].to(device)
+        nll = -logp.gather(-1, target[..., None])[..., 0]
+        keep = mask[:, 1:].to(device).bool()
+        total_nll += nll[keep].sum().item()
+        total_tokens += int(keep.sum())
+    return math.exp(total_nll / total_tokens)

