@@ -64,3 +64,15 @@ def test_alignment_metrics_keys():
     assert flat["ppl.m1"] == flat["ppl.m2"] == 10.0
     assert flat["train.seconds"] == 10.0 and flat["train.step_seconds"] == 2.0
     assert "seed1.refusal.m2.harmbench" in flat and "objective.helpful.train.seconds" in flat
+
+
+def test_sft_makes_m1_when_the_profile_names_sft_data(run_root):
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "hub" / "ShareGPT_V3_unfiltered_cleaned_split.json"
+    cfg = load_config("smoke", sft_dataset="sharegpt", dpo_epochs=1)
+    with pytest.raises(FileNotFoundError, match="SFT checkpoint"):
+        stage.m1_name(cfg)
+    path = stage.run_sft(cfg, conversations_path=str(fixture), progress=False)
+    assert stage.m1_name(cfg) == path
+    assert stage.run_sft(load_config("smoke")) is None

@@ -44,11 +44,11 @@ def run_sft(cfg: RunConfig, *, conversations_path: str | None = None, progress: 
     from .hub_data import load_hub_conversations
 
     out = stage_dir(cfg) / "sft"
-    conversations = [] if adapter_done(out) else load_hub_conversations(cfg.sft_dataset, path=conversations_path, limit=cfg.sft_examples)
-    result = train_sft(cfg.model, conversations, out, template=cfg.chat_template, settings=dpo_settings(cfg, cfg.seed),
-                       device=cfg.device, progress=progress) if conversations else None
-    adapter = result.adapter_dir if result else out / "adapter"
-    return str(save_merged_model(cfg.model, adapter, stage_dir(cfg) / "m1_sft"))
+    if not adapter_done(out):
+        conversations = load_hub_conversations(cfg.sft_dataset, path=conversations_path, limit=cfg.sft_examples)
+        train_sft(cfg.model, conversations, out, template=cfg.chat_template, settings=dpo_settings(cfg, cfg.seed),
+                  device=cfg.device, progress=progress)
+    return str(save_merged_model(cfg.model, out / "adapter", stage_dir(cfg) / "m1_sft"))
 
 
 # ---------------------------------------------------------------- preference data
@@ -106,13 +106,19 @@ def preference_pairs(cfg: RunConfig, objective: str, m1, *, progress: bool = Tru
             raise ValueError("the helpful objective needs benign prompts: set align_benign > 0")
         pairs = helpful_pairs(benign, cached_answers(cfg, m1, benign, name="benign", progress=progress), seed=cfg.seed)
     elif objective == "reasoning":
-        pairs = reasoning_pairs(cfg.align_harmful + cfg.align_benign, seed=cfg.seed)
+        pairs = reasoning_pairs(synthetic_pairs(cfg), seed=cfg.seed)
     elif objective == "extraction":
-        pairs = extraction_pairs(cfg.align_harmful + cfg.align_benign, seed=cfg.seed)
+        pairs = extraction_pairs(synthetic_pairs(cfg), seed=cfg.seed)
     else:
         raise ValueError(f"unknown objective {objective!r}; use harmless, helpful, reasoning or extraction")
     write_json_atomic(path, [asdict(p) for p in pairs])
     return pairs
+
+
+def synthetic_pairs(cfg: RunConfig) -> int:
+    """Size of the generated reasoning and extraction sets: half the harmless set (they are
+    templated, so fewer pairs teach them; the CPU budget goes to the harmless seeds)."""
+    return max(1, (cfg.align_harmful + cfg.align_benign) // 2)
 
 
 # ---------------------------------------------------------------- training
@@ -120,7 +126,7 @@ def preference_pairs(cfg: RunConfig, objective: str, m1, *, progress: bool = Tru
 
 def dpo_settings(cfg: RunConfig, seed: int) -> TrainSettings:
     return TrainSettings(learning_rate=cfg.dpo_learning_rate, epochs=cfg.dpo_epochs, batch_size=cfg.dpo_batch_size,
-                         beta=cfg.dpo_beta, seed=seed)
+                         beta=cfg.dpo_beta, sft_weight=cfg.dpo_sft_weight, seed=seed)
 
 
 def training_runs(cfg: RunConfig) -> list[tuple[str, int]]:

@@ -51,11 +51,15 @@ class RunConfig:
     align_harmful: int = 160  # harmful prompts in the preference set (from the alignment splits)
     align_benign: int = 80  # benign prompts in the preference set
     answer_tokens: int = 40  # length of M1's own answers used in the preference pairs
-    dpo_learning_rate: float = 1e-2
+    dpo_learning_rate: float = 3e-2
     dpo_epochs: float = 2.0
     dpo_batch_size: int = 8
     dpo_beta: float = 0.1
-    eval_prompts: int | None = None  # per evaluation set; None: the whole evaluation split
+    # NLL on the chosen answers added to the DPO loss (trl loss_type "sft", RPO-style); 0 = pure DPO.
+    # Measured on the embedded model: pure DPO moved held-out refusals from 1% to 15% (60 steps),
+    # DPO + NLL to 79% in half the steps. The paper profile keeps pure DPO.
+    dpo_sft_weight: float = 1.0
+    eval_prompts: int | None = 64  # per evaluation set; None: the whole evaluation split
     eval_tokens: int = 32  # answer length when judging refusal
     ppl_texts: int = 64  # paragraphs of the text corpus for perplexity
     run_root: str = "runs"
@@ -134,6 +138,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         answer_tokens=128,
         dpo_learning_rate=5e-3,
         dpo_epochs=1.0,
+        dpo_sft_weight=0.0,
+        eval_prompts=None,
         eval_tokens=128,
         ppl_texts=256,
     ),
@@ -211,6 +217,7 @@ def _validate(cfg: RunConfig) -> None:
          "train_harmful_sets must name at least one prompt set")
     need(cfg.dpo_learning_rate > 0 and cfg.dpo_epochs > 0 and cfg.dpo_beta > 0,
          "dpo_learning_rate, dpo_epochs and dpo_beta must be positive")
+    need(cfg.dpo_sft_weight >= 0, f"dpo_sft_weight must be >= 0, got {cfg.dpo_sft_weight!r}")
     need(isinstance(cfg.benign_sets, tuple), "benign_sets must be a list of prompt-set names")
     need(isinstance(cfg.train_seeds, tuple) and len(cfg.train_seeds) > 0 and all(isinstance(s, int) for s in cfg.train_seeds),
          f"train_seeds must be a non-empty list of integers, got {cfg.train_seeds!r}")
