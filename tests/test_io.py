@@ -51,3 +51,15 @@ def test_read_metrics_rejects_nested_objects(tmp_path):
     path.write_text(json.dumps({"a": {"b": 1}}))
     with pytest.raises(ValueError, match="not a number"):
         read_metrics(path)
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "p.json", {})
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
