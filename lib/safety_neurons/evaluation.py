@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .generation import Generation, answer_prompts
+from .generation import Generation, answer_prompts, hf_and_device, pad_token_id
 from .judge import refusal_judge, refusal_logodds
 
 
@@ -42,9 +42,8 @@ def perplexity(bridge, texts: list[str], *, batch_size: int = 8, max_tokens: int
     if not texts:
         raise ValueError("no text to compute perplexity on")
     tokenizer = bridge.tokenizer
-    hf = bridge.original_model
-    device = next(hf.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    hf, device = hf_and_device(bridge)
+    pad_id = pad_token_id(tokenizer)
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
     encoded = [e for e in encoded if len(e) >= 2]
     total_nll, total_tokens = 0.0, 0

@@ -34,6 +34,17 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id used for padding: the tokenizer's pad token, else its EOS (padding is always masked)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def hf_and_device(bridge):
+    """The Hugging Face model a bridge wraps (its modules carry the hooks) and the device it is on."""
+    hf = bridge.original_model
+    return hf, next(hf.parameters()).device
+
+
 def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), left-padded to the longest row."""
     width = max(len(row) for row in batch)
@@ -69,11 +80,10 @@ def greedy_generate(
         raise ValueError("no prompts to generate from: the prompt set is empty")
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be positive, got {max_new_tokens} and {batch_size}")
-    hf = bridge.original_model
+    hf, device = hf_and_device(bridge)
     tokenizer = bridge.tokenizer
     eos_ids = eos_token_ids(hf, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    device = next(hf.parameters()).device
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     results: list[Generation | None] = [None] * len(prompt_ids)
     bar = tqdm(total=len(prompt_ids), desc=desc, unit="prompt", disable=not progress)

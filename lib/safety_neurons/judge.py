@@ -90,15 +90,14 @@ def refusal_start_token_ids(tokenizer, starts: tuple[str, ...] = REFUSAL_STARTS)
 @torch.no_grad()
 def refusal_logodds(bridge, prompt_ids: list[list[int]], *, batch_size: int = 16, starts: tuple[str, ...] = REFUSAL_STARTS) -> list[float]:
     """log P(refusal start) - log(1 - P) at the first answer position, per prompt."""
-    from .generation import left_pad
+    from .generation import hf_and_device, left_pad, pad_token_id
 
     if not prompt_ids:
         raise ValueError("no prompts to score")
     tokenizer = bridge.tokenizer
     token_ids = torch.tensor(refusal_start_token_ids(tokenizer, starts))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    hf = bridge.original_model
-    device = next(hf.parameters()).device
+    pad_id = pad_token_id(tokenizer)
+    hf, device = hf_and_device(bridge)
     scores: list[float] = []
     for start in range(0, len(prompt_ids), batch_size):
         ids, mask = left_pad(prompt_ids[start : start + batch_size], pad_id)

@@ -274,7 +274,3 @@ def load_model(name: str, adapter: str | Path | None = None, *, device: str = "a
     hf_model = hf_model.to(device=dev, dtype=torch_dtype)
     return to_bridge(hf_model, tokenizer, name=name, device=dev)
 
-
-def hf_model_of(bridge):
-    """The Hugging Face model a bridge wraps (its modules carry the bridge's hooks)."""
-    return bridge.original_model
