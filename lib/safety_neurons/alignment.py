@@ -110,7 +110,7 @@ def train_dpo(
     args = DPOConfig(**_trainer_args(out, settings, dev, len(pairs), progress), beta=settings.beta,
                      max_length=settings.max_length, precompute_ref_log_probs=True, **losses)
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=ia3_mlp_config(), callbacks=[_StepTimer()])
+                         peft_config=ia3_mlp_config())
     return _train_and_save(trainer, out, base_model_name, settings, {"objective_pairs": len(pairs)})
 
 
@@ -158,7 +158,7 @@ def train_sft(
     args = SFTConfig(**_trainer_args(out, settings, dev, len(dataset), progress), max_length=settings.max_length,
                      completion_only_loss=True, packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=ia3_mlp_config(), callbacks=[_StepTimer()])
+                         peft_config=ia3_mlp_config())
     return _train_and_save(trainer, out, base_model_name, settings, {"sft_examples": len(dataset)})
 
 
@@ -180,24 +180,22 @@ def save_merged_model(base_model_name: str, adapter_dir: str | Path, out_dir: st
     return final
 
 
-class _StepTimer:
-    """Wall time of each optimiser step (trl's own logs carry no timings). Built lazily as a
-    TrainerCallback subclass so that importing this module does not import transformers."""
+def _step_timer():
+    """A callback recording the wall time of each optimiser step (trl's logs carry no timings).
+    Built on demand so that importing this module does not import transformers."""
+    from transformers import TrainerCallback
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
 
-        class StepTimer(TrainerCallback):
-            def __init__(self):
-                self.times: list[float] = []
+        def on_step_begin(self, *a, **k):
+            self._t = time.perf_counter()
 
-            def on_step_begin(self, *a, **k):
-                self._t = time.perf_counter()
+        def on_step_end(self, *a, **k):
+            self.times.append(time.perf_counter() - self._t)
 
-            def on_step_end(self, *a, **k):
-                self.times.append(time.perf_counter() - self._t)
-
-        return StepTimer()
+    return StepTimer()
 
 
 def _load_for_training(base_model_name: str, device: str):
@@ -237,11 +235,12 @@ def _trainer_args(out: Path, settings: TrainSettings, dev: torch.device, n_examp
 
 def _train_and_save(trainer, out: Path, base_model_name: str, settings: TrainSettings, extra: dict[str, Any]) -> TrainResult:
     """Train (resuming from the last checkpoint if one exists), then write the adapter atomically."""
-    from .models import load_hf_model, write_base_fingerprint
+    from .models import write_base_fingerprint
 
     ckpt_dir = out / "checkpoints"
     resume = _last_checkpoint(ckpt_dir)
-    timer = next(cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "times"))
+    timer = _step_timer()
+    trainer.add_callback(timer)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
@@ -249,8 +248,8 @@ def _train_and_save(trainer, out: Path, base_model_name: str, settings: TrainSet
     staging = out / f".{ADAPTER_DIRNAME}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     trainer.model.save_pretrained(staging)
-    base, _ = load_hf_model(base_model_name, dtype=torch.float32)
-    write_base_fingerprint(staging, base, base_model_name)
+    # (IA)^3 leaves the base weights untouched, so the trained model's base is the base to record.
+    write_base_fingerprint(staging, trainer.model.get_base_model(), base_model_name)
     log = [dict(entry) for entry in trainer.state.log_history]
     step_seconds = sum(timer.times) / max(len(timer.times), 1)
     result = TrainResult(out / ADAPTER_DIRNAME, seconds, trainer.state.global_step, step_seconds, log, resumed=resume is not None)

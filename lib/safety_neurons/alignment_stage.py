@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .alignment import TrainResult, TrainSettings, adapter_done, save_merged_model, train_dpo, train_sft
 from .config import RunConfig
-from .data import SPLITS, load_split
+from .data import load_split
 from .io import read_json, write_json_atomic
 from .preferences import Preference, extraction_pairs, harmless_pairs, helpful_pairs, reasoning_pairs
 
@@ -165,10 +165,8 @@ def evaluation_prompts(cfg: RunConfig) -> dict[str, list[str]]:
 
 
 def text_corpus(cfg: RunConfig) -> list[str]:
-    return [t for t in load_split(cfg, cfg.text_corpus, "evaluation")][: cfg.ppl_texts]
-
-
-assert SPLITS[0] == "alignment"  # the preference sets are drawn from the first split
+    """Held-out paragraphs of the general text corpus, for perplexity."""
+    return load_split(cfg, cfg.text_corpus, "evaluation")[: cfg.ppl_texts]
 
 
 def model_name(objective: str, seed: int) -> str:
