@@ -67,6 +67,14 @@ def test_a_finished_adapter_is_not_retrained(tmp_path, monkeypatch):
     assert again.steps == first.steps and again.seconds == first.seconds
 
 
+def test_an_adapter_trained_under_other_settings_or_pairs_is_retrained(tmp_path):
+    first = train_dpo("tiny-random-llama", PAIRS, tmp_path, settings=FAST, progress=False)
+    other = train_dpo("tiny-random-llama", PAIRS, tmp_path, settings=TrainSettings(**{**FAST.__dict__, "epochs": 1}), progress=False)
+    assert (first.steps, other.steps) == (4, 2)
+    fewer = train_dpo("tiny-random-llama", PAIRS[:4], tmp_path, settings=FAST, progress=False)
+    assert fewer.steps == 2 and json.loads((fewer.adapter_dir / TRAIN_LOG).read_text())["objective_pairs"] == 4
+
+
 def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     from transformers import Trainer
 

@@ -63,3 +63,19 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_claim_dir_keeps_its_own_artifacts_and_removes_stale_ones(tmp_path):
+    from safety_neurons.io import claim_dir, content_key
+
+    folder = tmp_path / "run"
+    key = content_key("dpo", {"lr": 0.1}, [1, 2])
+    assert key == content_key("dpo", {"lr": 0.1}, [1, 2]) != content_key("dpo", {"lr": 0.2}, [1, 2])
+    assert claim_dir(folder, key) is False
+    (folder / "adapter").mkdir()
+    assert claim_dir(folder, key) is False and (folder / "adapter").exists()  # same key: resume
+    assert claim_dir(folder, content_key("other")) is True
+    assert not (folder / "adapter").exists() and folder.is_dir()
+    legacy = tmp_path / "legacy"  # artifacts from before keys existed cannot be trusted either
+    (legacy / "adapter").mkdir(parents=True)
+    assert claim_dir(legacy, key) is True and not (legacy / "adapter").exists()

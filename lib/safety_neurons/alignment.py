@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .io import read_json, write_json_atomic
+from .io import claim_dir, content_key, read_json, write_json_atomic
 from .preferences import Preference
 
 IA3_TARGETS = ("down_proj",)
@@ -43,6 +43,10 @@ class TrainSettings:
     seed: int = 0
     save_steps: int = 10
     warmup_ratio: float = 0.1
+    # Adam's epsilon. At the default 1e-8 Adam moves every neuron's scale by about the learning rate
+    # per step whatever its gradient; an epsilon near the large gradients keeps the update proportional
+    # to the gradient for the many neurons that barely matter (see the alignment notebook).
+    adam_epsilon: float = 1e-8
 
 
 @dataclass
@@ -101,6 +105,7 @@ def train_dpo(
     if not pairs:
         raise ValueError("the preference set is empty: nothing to train on")
     out = Path(out_dir)
+    claim_dir(out, content_key("dpo", base_model_name, template, asdict(settings), [asdict(p) for p in pairs]))
     if adapter_done(out):
         return _result_from_log(out)
     model, tokenizer, dev = _load_for_training(base_model_name, device)
@@ -151,6 +156,7 @@ def train_sft(
     if not conversations:
         raise ValueError("the SFT conversation set is empty: nothing to train on")
     out = Path(out_dir)
+    claim_dir(out, content_key("sft", base_model_name, template, asdict(settings), conversations))
     if adapter_done(out):
         return _result_from_log(out)
     model, tokenizer, dev = _load_for_training(base_model_name, device)
@@ -214,6 +220,7 @@ def _trainer_args(out: Path, settings: TrainSettings, dev: torch.device, n_examp
         per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum,
         learning_rate=settings.learning_rate,
+        adam_epsilon=settings.adam_epsilon,
         num_train_epochs=settings.epochs,
         lr_scheduler_type="linear",
         warmup_steps=int(settings.warmup_ratio * total_steps(n_examples, settings)),

@@ -14,7 +14,7 @@ from pathlib import Path
 from .alignment import TrainResult, TrainSettings, adapter_done, save_merged_model, train_dpo, train_sft
 from .config import RunConfig
 from .data import load_split
-from .io import read_json, write_json_atomic
+from .io import content_key, read_json, write_json_atomic
 from .preferences import Preference, extraction_pairs, harmless_pairs, helpful_pairs, reasoning_pairs
 
 STAGE = "01_alignment"
@@ -31,10 +31,14 @@ def m1_name(cfg: RunConfig) -> str:
     """The unaligned model M1: the configured model, or its SFT'd checkpoint when the profile has SFT."""
     if cfg.sft_dataset is None:
         return cfg.model
-    path = stage_dir(cfg) / "m1_sft"
+    path = m1_sft_dir(cfg)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"M1 (the SFT checkpoint) is missing at {path}: run notebook 01_alignment first")
     return str(path)
+
+
+def m1_sft_dir(cfg: RunConfig) -> Path:
+    return stage_dir(cfg) / "sft" / "m1_merged"
 
 
 def run_sft(cfg: RunConfig, *, conversations_path: str | None = None, progress: bool = True) -> str | None:
@@ -48,7 +52,8 @@ def run_sft(cfg: RunConfig, *, conversations_path: str | None = None, progress: 
         conversations = load_hub_conversations(cfg.sft_dataset, path=conversations_path, limit=cfg.sft_examples)
         train_sft(cfg.model, conversations, out, template=cfg.chat_template, settings=dpo_settings(cfg, cfg.seed),
                   device=cfg.device, progress=progress)
-    return str(save_merged_model(cfg.model, out / "adapter", stage_dir(cfg) / "m1_sft"))
+    # Inside the SFT folder: retraining SFT (another config) removes the merged M1 with it.
+    return str(save_merged_model(cfg.model, out / "adapter", m1_sft_dir(cfg)))
 
 
 # ---------------------------------------------------------------- preference data
@@ -88,11 +93,14 @@ def cached_answers(cfg: RunConfig, m1, prompts: list[str], *, name: str, progres
 
 
 def preference_pairs(cfg: RunConfig, objective: str, m1, *, progress: bool = True) -> list[Preference]:
-    """The preference set of one objective, built once and saved as JSON beside the adapters."""
-    path = stage_dir(cfg) / "preferences" / f"{objective}.json"
+    """The preference set of one objective, built once and saved as JSON beside the adapters
+    (the file name carries a key of everything the set is made from, so a changed config rebuilds it)."""
+    harmful, benign = alignment_prompts(cfg)
+    key = content_key(objective, harmful, benign, cfg.model, cfg.chat_template, cfg.answer_tokens, cfg.seed,
+                      cfg.dpo_dataset, cfg.align_harmful)
+    path = stage_dir(cfg) / "preferences" / f"{objective}-{key}.json"
     if path.exists():
         return [Preference(**r) for r in read_json(path)]
-    harmful, benign = alignment_prompts(cfg)
     if objective == "harmless" and cfg.dpo_dataset != "harmless":
         from .hub_data import load_hub_preferences
 

@@ -107,3 +107,32 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+KEY_FILE = ".artifact_key"
+
+
+def content_key(*parts: Any) -> str:
+    """A short hash of everything an artifact was made from (JSON-serialisable parts)."""
+    import hashlib
+
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def claim_dir(directory: str | os.PathLike, key: str) -> bool:
+    """Make `directory` hold the artifacts of `key` only.
+
+    A folder written under another key (the config, the data or the base model changed) is emptied,
+    so nothing stale is ever reused; a folder of the same key is kept as it is (that is how an
+    interrupted run resumes). Returns True when stale artifacts were removed."""
+    import shutil
+
+    folder = Path(directory)
+    marker = folder / KEY_FILE
+    stale = folder.is_dir() and any(folder.iterdir()) and (not marker.exists() or marker.read_text().strip() != key)
+    if stale:
+        shutil.rmtree(folder)
+    if stale or not marker.exists():
+        write_text_atomic(marker, key + "\n")
+    return stale
