@@ -35,6 +35,10 @@ def test_every_notebook_runs_on_smoke_and_writes_parsable_metrics(run_root):
     setup = read_metrics(cfg.metrics_path("00_setup"))
     assert setup["model.n_neurons"] == setup["model.n_layers"] * setup["model.d_mlp"] == 2 * 64
     assert setup["data.harmbench.evaluation.n"] == 4
+    finding = read_metrics(cfg.metrics_path("02_change_scores"))
+    assert finding["n_prompts"] == cfg.finding_prompts and finding["n_tokens"] > 0
+    assert 0 < finding["top5pct.share_of_sq_change"] <= 1
+    assert sum(v for k, v in finding.items() if k.startswith("top5pct.layer_share.")) == pytest.approx(1)
     manifest = json.loads((cfg.run_dir / "manifest.json").read_text())
     assert manifest["packages"]["torch"].startswith("2.13")
     assert manifest["seeds"] == {"seed": 0, "split_seed": 0, "train_seeds": [0]}

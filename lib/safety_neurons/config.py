@@ -59,6 +59,10 @@ class RunConfig:
     # Measured on the embedded model: pure DPO moved held-out refusals from 1% to 15% (60 steps),
     # DPO + NLL to 79% in half the steps. The paper profile keeps pure DPO.
     dpo_sft_weight: float = 1.0
+    # Neuron finding (stage 02): harmful prompts of the finding splits (None: all), and the positions
+    # change scores are computed over: completion (the paper's), prompt or prompt_last.
+    finding_prompts: int | None = 128
+    finding_token_type: str = "completion"
     eval_prompts: int | None = 64  # per evaluation set; None: the whole evaluation split
     eval_tokens: int = 32  # answer length when judging refusal
     ppl_texts: int = 64  # paragraphs of the text corpus for perplexity
@@ -108,6 +112,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         answer_tokens=6,
         dpo_epochs=1.0,
         dpo_batch_size=4,
+        finding_prompts=6,
         eval_prompts=4,
         eval_tokens=6,
         ppl_texts=4,
@@ -180,7 +185,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     # JSON and papermill give lists where the config keeps tuples (hashable, frozen).
     if isinstance(value, list):
         return tuple(value)
-    if f.name in {"max_prompts_per_split", "sft_dataset", "run_name", "eval_prompts"} and value in ("None", "none", "null"):
+    if f.name in {"max_prompts_per_split", "sft_dataset", "run_name", "eval_prompts", "finding_prompts"} and value in ("None", "none", "null"):
         return None
     return value
 
@@ -221,3 +226,7 @@ def _validate(cfg: RunConfig) -> None:
     need(isinstance(cfg.benign_sets, tuple), "benign_sets must be a list of prompt-set names")
     need(isinstance(cfg.train_seeds, tuple) and len(cfg.train_seeds) > 0 and all(isinstance(s, int) for s in cfg.train_seeds),
          f"train_seeds must be a non-empty list of integers, got {cfg.train_seeds!r}")
+    need(cfg.finding_prompts is None or (isinstance(cfg.finding_prompts, int) and cfg.finding_prompts > 0),
+         f"finding_prompts must be a positive integer or None, got {cfg.finding_prompts!r}")
+    need(cfg.finding_token_type in ("completion", "prompt", "prompt_last"),
+         f"finding_token_type must be completion, prompt or prompt_last, got {cfg.finding_token_type!r}")
