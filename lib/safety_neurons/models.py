@@ -26,7 +26,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 BASE_FINGERPRINT = "base_fingerprint.json"
 GATED_MLP = ("gate_proj", "up_proj", "down_proj")
-_IA3_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(mlp|self_attn)\.(\w+)\.ia3_l(?:\.\w+)?$")
+IA3_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(mlp|self_attn)\.(\w+)\.ia3_l(?:\.\w+)?$")
 
 
 class ModelLoadError(ValueError):
@@ -184,14 +184,14 @@ def fold_ia3(model, adapter_dir: str | Path) -> int:
     output scaling of any linear goes into its rows; input scaling of any other linear into its columns.
     """
     config, state = read_ia3_adapter(adapter_dir)
-    _check_base(model, Path(adapter_dir), config)
-    feedforward = set(_as_list(config.get("feedforward_modules")))
+    check_adapter_base(model, Path(adapter_dir), config)
+    feedforward = set(as_name_list(config.get("feedforward_modules")))
     layers = model.model.layers
     mlp_modules(model)
     folded = 0
     with torch.no_grad():
         for key, vec in state.items():
-            match = _IA3_KEY.search(key)
+            match = IA3_KEY.search(key)
             if match is None:
                 raise ModelLoadError(f"adapter tensor {key!r} is not an (IA)^3 vector of a decoder layer: cannot fold it")
             layer_idx, block, proj = int(match[1]), match[2], match[3]
@@ -231,7 +231,7 @@ def _scale_linear(linear: torch.nn.Linear, scale: torch.Tensor, rows: bool) -> N
         w.copy_((w.float() * s[None, :]).to(w.dtype))
 
 
-def _check_base(model, adapter_dir: Path, config: dict) -> None:
+def check_adapter_base(model, adapter_dir: Path, config: dict) -> None:
     fp_path = adapter_dir / BASE_FINGERPRINT
     if fp_path.exists():
         recorded = json.loads(fp_path.read_text())
@@ -242,7 +242,7 @@ def _check_base(model, adapter_dir: Path, config: dict) -> None:
             )
 
 
-def _as_list(value) -> list[str]:
+def as_name_list(value) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)

@@ -1,0 +1,684 @@
+"""Dynamic activation patching: generate from M1 with chosen neurons carrying M2's values.
+
+A neuron is one coordinate of `blocks.{l}.mlp.hook_post` (the input of the down projection; for M2 it
+includes the folded (IA)^3 scaling). At every generation step M2 runs first on the patched M1's own
+prefix (the same token ids, its own KV cache) and its values of the chosen neurons *replace* M1's at
+the same positions: every prompt position at prefill, the single new position afterwards.
+
+Three entry points share one decoding loop (left padding, explicit position ids, per-row EOS, stop
+strings, greedy or per-prompt-seeded sampling, finished rows dropped from the batch):
+
+- `patched_generate(m1, m2, ...)`: the general two-model path (M2 any model of M1's shape).
+- `fast_patched_generate(base, scales, ...)`: M2 = base with per-neuron (IA)^3 scales on the MLP.
+  One forward per step over 2B rows (M1 half, M2 half) and one KV cache; a hook multiplies the M2 half
+  by the scales and copies the chosen neurons into the M1 half. Same tokens as the two-model path.
+- `ablated_generate(m2, ...)`: M2 with the chosen neurons set to zero or to given means (the
+  ablation baselines the paper contrasts with patching).
+
+Sampling draws, for each prompt, its own uniform numbers from (seed, the prompt's index in the
+caller's list) and samples by inverse CDF, so a k=0 run and a patched run use the same random numbers
+for the same prompt, and results do not depend on how prompts are batched.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .generation import Generation, eos_token_ids, hf_and_device, left_pad, truncate_at_eos
+from .models import ModelLoadError, check_adapter_base, IA3_KEY, as_name_list, model_shape, read_ia3_adapter
+
+Neuron = tuple[int, int]
+NeuronsLike = Union[Sequence[Sequence[int]], np.ndarray, torch.Tensor]
+
+# Drop finished rows from the batch (and its KV caches) once at least this share of the rows is done.
+_COMPACT_SHARE = 0.25
+
+
+# ----------------------------------------------------------------------------------------------
+# neuron sets
+# ----------------------------------------------------------------------------------------------
+
+
+def as_neuron_list(neurons: NeuronsLike, n_layers: int, d_mlp: int) -> list[Neuron]:
+    """`neurons` as a list of (layer, index) int pairs, checked against the model's shape.
+
+    Accepts a list of pairs or a numpy/torch array of shape (k, 2); an empty list means k = 0.
+    Duplicates are dropped (first occurrence kept): patching a neuron twice is patching it once.
+    """
+    if isinstance(neurons, torch.Tensor):
+        neurons = neurons.detach().cpu().numpy()
+    arr = np.asarray(neurons if len(neurons) else np.zeros((0, 2), dtype=np.int64))
+    if arr.size == 0:
+        return []
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"neurons must be (layer, index) pairs, an array of shape (k, 2); got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ValueError(f"neurons must be integer (layer, index) pairs; got dtype {arr.dtype}")
+        arr = arr.astype(np.int64)
+    bad = (arr[:, 0] < 0) | (arr[:, 0] >= n_layers) | (arr[:, 1] < 0) | (arr[:, 1] >= d_mlp)
+    if bad.any():
+        layer, index = (int(v) for v in arr[int(np.argmax(bad))])
+        raise ValueError(
+            f"neuron (layer {layer}, index {index}) is out of range: the model has {n_layers} layers x {d_mlp} neurons "
+            f"(layers 0-{n_layers - 1}, indices 0-{d_mlp - 1})"
+        )
+    seen: set[Neuron] = set()
+    out: list[Neuron] = []
+    for layer, index in arr.tolist():
+        pair = (int(layer), int(index))
+        if pair not in seen:
+            seen.add(pair)
+            out.append(pair)
+    return out
+
+
+def group_by_layer(neurons: Sequence[Neuron]) -> dict[int, list[int]]:
+    """{layer: sorted neuron indices} of a checked neuron list."""
+    groups: dict[int, list[int]] = {}
+    for layer, index in neurons:
+        groups.setdefault(layer, []).append(index)
+    return {layer: sorted(idx) for layer, idx in sorted(groups.items())}
+
+
+def top_k(ranking: NeuronsLike, k: int) -> list[Neuron]:
+    """The first k (layer, index) pairs of a global ranking, best first: a sequence or (N, 2) array of
+    pairs, or a ranking object with `top(k)` and `n_neurons` (change_scores.NeuronRanking)."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
+        raise ValueError(f"k must be an integer, got {k!r}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    ranked_object = hasattr(ranking, "top") and hasattr(ranking, "n_neurons")
+    size = int(ranking.n_neurons) if ranked_object else len(ranking)
+    if k > size:
+        raise ValueError(f"k = {k} is larger than the ranking, which has {size} neurons")
+    if ranked_object:
+        return _pairs(ranking.top(int(k)))
+    return _pairs(ranking)[: int(k)]
+
+
+def k_from_percent(pct: float, n_neurons: int) -> int:
+    """k for `pct` percent of `n_neurons` neurons, rounded to the nearest integer (halves up)."""
+    if n_neurons < 0:
+        raise ValueError(f"n_neurons must be >= 0, got {n_neurons}")
+    if not math.isfinite(pct) or pct < 0:
+        raise ValueError(f"the percentage of neurons must be a finite number >= 0, got {pct}")
+    k = int(math.floor(pct / 100.0 * n_neurons + 0.5))
+    if k > n_neurons:
+        raise ValueError(f"{pct}% of {n_neurons} neurons is k = {k}, more than the model's {n_neurons} neurons")
+    return k
+
+
+def random_neurons(neurons: NeuronsLike, d_mlp: int, seed: int) -> list[Neuron]:
+    """The per-layer matched random baseline: for each layer, as many neurons as `neurons` has there,
+    drawn uniformly without replacement within the layer. Deterministic in `seed`; each layer draws
+    from its own stream (seed, layer), so a layer's draw does not depend on the other layers."""
+    n_layers = 1 + max((int(layer) for layer, _ in _pairs(neurons)), default=-1)
+    pairs = as_neuron_list(neurons, max(n_layers, 1), d_mlp)
+    out: list[Neuron] = []
+    for layer, idx in group_by_layer(pairs).items():
+        rng = np.random.default_rng([int(seed), layer])
+        drawn = np.sort(rng.choice(d_mlp, size=len(idx), replace=False))
+        out.extend((layer, int(i)) for i in drawn)
+    return out
+
+
+def _pairs(neurons: NeuronsLike) -> list[tuple[int, int]]:
+    if isinstance(neurons, torch.Tensor):
+        neurons = neurons.detach().cpu().numpy()
+    if len(neurons) == 0:
+        return []
+    arr = np.asarray(neurons)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"neurons must be (layer, index) pairs, an array of shape (k, 2); got shape {arr.shape}")
+    return [(int(a), int(b)) for a, b in arr.tolist()]
+
+
+# ----------------------------------------------------------------------------------------------
+# (IA)^3 scales for the fast path
+# ----------------------------------------------------------------------------------------------
+
+
+def ia3_neuron_scales(adapter_dir: str | Path, n_layers: int, d_mlp: int, *, base=None) -> dict[int, torch.Tensor]:
+    """{layer: d_mlp scales} of an (IA)^3 adapter that scales only MLP neurons (down_proj's input).
+
+    Anything else (attention vectors, gate/up vectors, output scaling) cannot be expressed as a
+    per-neuron scale of hook_post: that is an error telling to use `patched_generate` with the folded
+    M2. Pass `base` (a bridge or HF model) to check the adapter's recorded base fingerprint.
+    """
+    config, state = read_ia3_adapter(adapter_dir)
+    if base is not None:
+        hf = getattr(base, "original_model", base)
+        check_adapter_base(hf, Path(adapter_dir), config)
+    feedforward = set(as_name_list(config.get("feedforward_modules")))
+    scales: dict[int, torch.Tensor] = {}
+    for key, vec in state.items():
+        match = IA3_KEY.search(key)
+        if match is None:
+            raise ModelLoadError(f"adapter tensor {key!r} is not an (IA)^3 vector of a decoder layer")
+        layer, block, proj = int(match[1]), match[2], match[3]
+        if block != "mlp" or proj != "down_proj" or proj not in feedforward:
+            raise ModelLoadError(
+                f"adapter {adapter_dir} scales layers.{layer}.{block}.{proj}"
+                f"{' (feed-forward)' if proj in feedforward else ' (output)'}: the fast path needs MLP-neuron-only "
+                "(IA)^3 (feed-forward vectors on down_proj only). Use patched_generate with M2 = load_model(base, adapter=...)."
+            )
+        if layer >= n_layers:
+            raise ModelLoadError(f"adapter has a vector for layer {layer} but the model has {n_layers} layers: trained on another base?")
+        scale = vec.detach().float().flatten()
+        if scale.numel() != d_mlp:
+            raise ModelLoadError(
+                f"adapter vector {key} has {scale.numel()} entries but the model has {d_mlp} neurons per layer: "
+                "the adapter was trained on another base model"
+            )
+        scales[layer] = scale
+    if not scales:
+        raise ModelLoadError(f"adapter {adapter_dir} holds no (IA)^3 vectors")
+    return scales
+
+
+# ----------------------------------------------------------------------------------------------
+# hooks
+# ----------------------------------------------------------------------------------------------
+
+
+def post_hook_names(bridge, layers: Sequence[int]) -> dict[int, str]:
+    """{layer: canonical name of `blocks.{layer}.mlp.hook_post`} (an alias of the down projection's
+    hook_in). Canonical names keep compatibility mode from calling a hook once per alias."""
+    hook_dict = bridge.hook_dict
+    names = {}
+    for layer in layers:
+        alias = f"blocks.{layer}.mlp.hook_post"
+        point = hook_dict.get(alias)
+        if point is None:
+            raise ValueError(f"the model has no hook point {alias!r}: is it a gated-MLP TransformerBridge?")
+        names[layer] = point.name or alias
+    return names
+
+
+@dataclass
+class _PatchState:
+    phase: str | None = None  # "capture" while M2 runs, "replace" while M1 runs
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def _capture_hook(state: _PatchState, layer: int, idx: torch.Tensor):
+    def hook(act: torch.Tensor, hook: Any = None):
+        if state.phase == "capture":
+            state.values[layer] = act.index_select(-1, idx)
+        return None
+
+    return hook
+
+
+def _replace_hook(state: _PatchState, layer: int, idx: torch.Tensor):
+    def hook(act: torch.Tensor, hook: Any = None):
+        if state.phase != "replace":
+            return None
+        act.index_copy_(-1, idx, state.values[layer])
+        return act
+
+    return hook
+
+
+@dataclass
+class _FastState:
+    half: int | None = None  # rows [0, half) are M1, [half, 2*half) M2; None: M1 only
+
+
+def _fast_hook(state: _FastState, scale: torch.Tensor | None, idx: torch.Tensor | None):
+    def hook(act: torch.Tensor, hook: Any = None):
+        half = state.half
+        if half is None:
+            return None
+        m2 = act[half:]
+        if scale is not None:
+            m2.mul_(scale)
+        if idx is not None:
+            act[:half].index_copy_(-1, idx, m2.index_select(-1, idx))
+        return act
+
+    return hook
+
+
+def _ablate_hook(idx: torch.Tensor, values: torch.Tensor | None):
+    def hook(act: torch.Tensor, hook: Any = None):
+        if values is None:
+            act.index_fill_(-1, idx, 0.0)
+        else:
+            act.index_copy_(-1, idx, values.expand(*act.shape[:-1], values.shape[-1]))
+        return act
+
+    return hook
+
+
+# ----------------------------------------------------------------------------------------------
+# runners: one forward step of a generation, owning the KV caches
+# ----------------------------------------------------------------------------------------------
+
+
+def _new_cache(hf):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=hf.config)
+
+
+def _lm_logits(hf, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token logits from the decoder's last hidden state (only the rows and position needed)."""
+    logits = hf.lm_head(hidden)
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits.float()
+
+
+def _decoder(hf, ids, mask, pos, cache) -> torch.Tensor:
+    return hf.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+
+
+class _TwoModelRunner:
+    def __init__(self, hf1, hf2, state: _PatchState, patch: bool):
+        self.hf1, self.hf2, self.state, self.patch = hf1, hf2, state, patch
+
+    def start(self, n_rows: int) -> None:
+        self.c1 = _new_cache(self.hf1)
+        self.c2 = _new_cache(self.hf2) if self.patch else None
+
+    def step(self, ids, mask, pos) -> torch.Tensor:
+        state = self.state
+        try:
+            if self.patch:
+                state.phase = "capture"
+                _decoder(self.hf2, ids, mask, pos, self.c2)
+            state.phase = "replace"
+            hidden = _decoder(self.hf1, ids, mask, pos, self.c1)[:, -1]
+        finally:
+            state.phase = None
+            state.values.clear()
+        return _lm_logits(self.hf1, hidden)
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.c1.batch_select_indices(keep)
+        if self.c2 is not None:
+            self.c2.batch_select_indices(keep)
+
+
+class _FastRunner:
+    def __init__(self, hf, state: _FastState, with_m2: bool):
+        self.hf, self.state, self.with_m2 = hf, state, with_m2
+
+    def start(self, n_rows: int) -> None:
+        self.cache = _new_cache(self.hf)
+        self.n = n_rows
+
+    def step(self, ids, mask, pos) -> torch.Tensor:
+        n = self.n
+        if not self.with_m2:
+            return _lm_logits(self.hf, _decoder(self.hf, ids, mask, pos, self.cache)[:, -1])
+        self.state.half = n
+        try:
+            hidden = _decoder(self.hf, torch.cat([ids, ids]), torch.cat([mask, mask]), torch.cat([pos, pos]), self.cache)
+        finally:
+            self.state.half = None
+        return _lm_logits(self.hf, hidden[:n, -1])
+
+    def select(self, keep: torch.Tensor) -> None:
+        if self.with_m2:
+            self.cache.batch_select_indices(torch.cat([keep, keep + self.n]))
+        else:
+            self.cache.batch_select_indices(keep)
+        self.n = int(keep.numel())
+
+
+class _SingleRunner:
+    def __init__(self, hf):
+        self.hf = hf
+
+    def start(self, n_rows: int) -> None:
+        self.cache = _new_cache(self.hf)
+
+    def step(self, ids, mask, pos) -> torch.Tensor:
+        return _lm_logits(self.hf, _decoder(self.hf, ids, mask, pos, self.cache)[:, -1])
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.cache.batch_select_indices(keep)
+
+
+# ----------------------------------------------------------------------------------------------
+# the decoding loop
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Options:
+    max_new_tokens: int
+    batch_size: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    seed: int
+    stop_strings: tuple[str, ...]
+    progress: bool
+    desc: str
+
+
+def _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc) -> _Options:
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"max_new_tokens and batch_size must be positive, got {max_new_tokens} and {batch_size}")
+    if do_sample and not temperature > 0:
+        raise ValueError(f"sampling needs a temperature > 0, got {temperature} (use do_sample=False for greedy)")
+    if do_sample and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if isinstance(stop_strings, str):
+        stop_strings = (stop_strings,)
+    stops = tuple(stop_strings)
+    if any(not isinstance(s, str) or s == "" for s in stops):
+        raise ValueError(f"stop strings must be non-empty strings, got {stops!r}")
+    return _Options(int(max_new_tokens), int(batch_size), bool(do_sample), float(temperature), float(top_p), int(seed), stops,
+                    bool(progress), desc)
+
+
+def _check_prompts(prompt_ids) -> list[list[int]]:
+    if len(prompt_ids) == 0:
+        raise ValueError("no prompts to generate from: the prompt set is empty")
+    out = []
+    for i, row in enumerate(prompt_ids):
+        row = [int(t) for t in row]
+        if not row:
+            raise ValueError(f"prompt {i} has no tokens")
+        out.append(row)
+    return out
+
+
+def _uniforms(seed: int, index: int, n: int) -> np.ndarray:
+    """The per-prompt random stream: independent of batch composition and of the patch."""
+    return np.random.default_rng([seed, index]).random(n)
+
+
+def _choose(logits: torch.Tensor, u: torch.Tensor | None, opts: _Options) -> torch.Tensor:
+    if not opts.do_sample:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / opts.temperature, dim=-1)
+    cdf_dtype = u.dtype
+    if opts.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs
+        sorted_probs = sorted_probs.masked_fill(before > opts.top_p, 0.0)
+        cdf = sorted_probs.to(cdf_dtype).cumsum(-1)
+        j = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp_max(cdf.shape[-1] - 1)
+        return order.gather(-1, j).squeeze(-1)
+    cdf = probs.to(cdf_dtype).cumsum(-1)
+    j = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).clamp_max(cdf.shape[-1] - 1)
+    return j.squeeze(-1)
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    cut = min((p for p in (text.find(s) for s in stops) if p >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+@torch.inference_mode()
+def _run(runner, hf, tokenizer, prompts: list[list[int]], opts: _Options) -> list[Generation]:
+    device = next(hf.parameters()).device
+    eos_ids = eos_token_ids(hf, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    eos_t = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    u_dtype = torch.float32 if device.type == "mps" else torch.float64
+    stops = opts.stop_strings
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[Generation | None] = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), desc=opts.desc, unit="prompt", disable=not opts.progress)
+    for start in range(0, len(order), opts.batch_size):
+        rows = order[start : start + opts.batch_size]
+        n = len(rows)
+        ids, mask = left_pad([prompts[i] for i in rows], pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        next_pos = pos[:, -1:] + 1
+        u = None
+        if opts.do_sample:
+            u = torch.from_numpy(np.stack([_uniforms(opts.seed, i, opts.max_new_tokens) for i in rows])).to(device=device, dtype=u_dtype)
+        out = torch.full((n, opts.max_new_tokens), pad_id, dtype=torch.long, device=device)
+        active = torch.arange(n, device=device)  # batch row -> row of `out`
+        done = torch.zeros(n, dtype=torch.bool, device=device)
+        end_step = [opts.max_new_tokens - 1] * n  # host: last kept step per row (stop strings)
+        texts_ids: list[list[int]] = [[] for _ in range(n)]
+        host_done = [False] * n
+        runner.start(n)
+        logits = runner.step(ids, mask, pos)
+        n_steps = 0
+        for step in range(opts.max_new_tokens):
+            tok = _choose(logits, None if u is None else u[:, step], opts)
+            tok = tok.masked_fill(done, pad_id)
+            out[active, step] = tok
+            done = done | (tok[:, None] == eos_t).any(-1)
+            n_steps = step + 1
+            if stops:
+                done = _check_stops(tok, active, done, texts_ids, host_done, end_step, step, eos_ids, tokenizer, stops)
+            if step == opts.max_new_tokens - 1:
+                break
+            n_done = int(done.sum())
+            if n_done == done.numel():
+                break
+            if n_done >= max(1, math.ceil(_COMPACT_SHARE * done.numel())):
+                keep = (~done).nonzero().squeeze(-1)
+                runner.select(keep)
+                active, done, tok, mask, next_pos = active[keep], done[keep], tok[keep], mask[keep], next_pos[keep]
+                if u is not None:
+                    u = u[keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            logits = runner.step(tok[:, None], mask, next_pos)
+            next_pos = next_pos + 1
+        completions = out[:, :n_steps].tolist()
+        for b, row in enumerate(rows):
+            kept, stopped = truncate_at_eos(completions[b][: end_step[b] + 1], eos_ids)
+            text, cut = _cut_at_stop(tokenizer.decode(kept, skip_special_tokens=True), stops)
+            results[row] = Generation(list(prompts[row]), kept, text, stopped or cut)
+        bar.update(n)
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
+def _check_stops(tok, active, done, texts_ids, host_done, end_step, step, eos_ids, tokenizer, stops):
+    """Mark rows whose decoded text now contains a stop string (one host transfer per step)."""
+    toks = tok.tolist()
+    rows = active.tolist()
+    newly = []
+    for b, (row, t) in enumerate(zip(rows, toks)):
+        if host_done[row]:
+            continue
+        if t in eos_ids:
+            host_done[row] = True
+            continue
+        texts_ids[row].append(t)
+        text = tokenizer.decode(texts_ids[row], skip_special_tokens=True)
+        if any(s in text for s in stops):
+            host_done[row] = True
+            end_step[row] = step
+            newly.append(b)
+    if newly:
+        done = done.clone()
+        done[torch.tensor(newly, device=done.device)] = True
+    return done
+
+
+# ----------------------------------------------------------------------------------------------
+# public generation functions
+# ----------------------------------------------------------------------------------------------
+
+
+def _group_tensors(neurons: list[Neuron], device) -> dict[int, torch.Tensor]:
+    return {layer: torch.tensor(idx, dtype=torch.long, device=device) for layer, idx in group_by_layer(neurons).items()}
+
+
+def patched_generate(
+    m1,
+    m2,
+    prompt_ids: list[list[int]],
+    neurons: NeuronsLike,
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop_strings: Sequence[str] = (),
+    progress: bool = True,
+    desc: str = "patched generate",
+) -> list[Generation]:
+    """Generate from M1 with the chosen neurons' hook_post values replaced by M2's at every step.
+
+    M2 runs first on the patched M1's own prefix with its own KV cache; its values of `neurons`
+    ((layer, index) pairs) replace M1's at all prompt positions at prefill and at the new position
+    afterwards. An empty neuron list gives plain M1 through the same loop. Results in the caller's
+    order; `stopped` is True when an EOS or a stop string ended the answer (the text is cut before
+    the stop string; completion_ids keep the tokens generated up to it).
+    """
+    opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc)
+    prompts = _check_prompts(prompt_ids)
+    shape1, shape2 = model_shape(m1), model_shape(m2)
+    if shape1 != shape2:
+        raise ValueError(f"M1 and M2 have different shapes ({shape1} vs {shape2}): M2 must be M1's architecture")
+    pairs = as_neuron_list(neurons, shape1.n_layers, shape1.d_mlp)
+    hf1, device = hf_and_device(m1)
+    hf2, device2 = hf_and_device(m2)
+    if device2 != device:
+        raise ValueError(f"M1 is on {device} but M2 on {device2}: load both models on the same device")
+    dtype1, dtype2 = next(hf1.parameters()).dtype, next(hf2.parameters()).dtype
+    if dtype1 != dtype2:
+        raise ValueError(f"M1 is {dtype1} but M2 is {dtype2}: load both models with the same dtype")
+    groups = _group_tensors(pairs, device)
+    state = _PatchState()
+    names1, names2 = post_hook_names(m1, list(groups)), post_hook_names(m2, list(groups))
+    hooks1 = [(names1[layer], _replace_hook(state, layer, idx)) for layer, idx in groups.items()]
+    hooks2 = [(names2[layer], _capture_hook(state, layer, idx)) for layer, idx in groups.items()]
+    runner = _TwoModelRunner(hf1, hf2, state, patch=bool(groups))
+    with m2.hooks(fwd_hooks=hooks2), m1.hooks(fwd_hooks=hooks1):
+        return _run(runner, hf1, m1.tokenizer, prompts, opts)
+
+
+def fast_patched_generate(
+    base,
+    scales: Mapping[int, torch.Tensor],
+    prompt_ids: list[list[int]],
+    neurons: NeuronsLike,
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop_strings: Sequence[str] = (),
+    progress: bool = True,
+    desc: str = "patched generate (fast)",
+) -> list[Generation]:
+    """`patched_generate` for M2 = `base` with per-neuron (IA)^3 scales on hook_post, in one model.
+
+    `base` is the unadapted M1 bridge, `scales` {layer: d_mlp scales} (see `ia3_neuron_scales`;
+    layers absent are unscaled). Each step runs one forward over 2B rows sharing one KV cache: rows
+    [0, B) are M1, [B, 2B) are M2, both fed the patched M1's tokens; a hook on every layer's hook_post
+    scales the M2 half and copies the chosen neurons from the M2 half into the M1 half.
+    """
+    opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc)
+    prompts = _check_prompts(prompt_ids)
+    shape = model_shape(base)
+    pairs = as_neuron_list(neurons, shape.n_layers, shape.d_mlp)
+    hf, device = hf_and_device(base)
+    dtype = next(hf.parameters()).dtype
+    scale_t: dict[int, torch.Tensor] = {}
+    for layer, vec in scales.items():
+        layer = int(layer)
+        if not 0 <= layer < shape.n_layers:
+            raise ValueError(f"scales given for layer {layer} but the model has {shape.n_layers} layers")
+        vec = torch.as_tensor(vec).detach().flatten()
+        if vec.numel() != shape.d_mlp:
+            raise ValueError(f"scales of layer {layer} have {vec.numel()} entries but the model has {shape.d_mlp} neurons per layer")
+        scale_t[layer] = vec.to(device=device, dtype=dtype)
+    groups = _group_tensors(pairs, device)
+    state = _FastState()
+    hooked = sorted(set(groups) | set(scale_t)) if groups else []
+    names = post_hook_names(base, hooked)
+    hooks = [(names[layer], _fast_hook(state, scale_t.get(layer), groups.get(layer))) for layer in hooked]
+    runner = _FastRunner(hf, state, with_m2=bool(groups))
+    with base.hooks(fwd_hooks=hooks):
+        return _run(runner, hf, base.tokenizer, prompts, opts)
+
+
+def ablated_generate(
+    m2,
+    prompt_ids: list[list[int]],
+    neurons: NeuronsLike,
+    *,
+    mode: str = "zero",
+    means: Mapping[int, torch.Tensor] | NeuronsLike | None = None,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop_strings: Sequence[str] = (),
+    progress: bool = True,
+    desc: str = "ablated generate",
+) -> list[Generation]:
+    """M2's generation with the chosen neurons' hook_post set to 0 (`mode="zero"`) or to given means
+    (`mode="mean"`; `means` is {layer: d_mlp means}, an [n_layers, d_mlp] array such as
+    `RunningMoments.mean`, or a 1-D array aligned with `neurons`)."""
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
+    if mode == "mean" and means is None:
+        raise ValueError("mode='mean' needs `means`: {layer: d_mlp mean activations} or an array aligned with the neurons")
+    opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc)
+    prompts = _check_prompts(prompt_ids)
+    shape = model_shape(m2)
+    hf, device = hf_and_device(m2)
+    dtype = next(hf.parameters()).dtype
+    raw_pairs = _pairs(neurons)
+    pairs = as_neuron_list(neurons, shape.n_layers, shape.d_mlp)
+    groups = _group_tensors(pairs, device)
+    values: dict[int, torch.Tensor | None] = {layer: None for layer in groups}
+    if mode == "mean":
+        values = _mean_values(means, raw_pairs, groups, shape.d_mlp, device, dtype)
+    names = post_hook_names(m2, list(groups))
+    hooks = [(names[layer], _ablate_hook(idx, values[layer])) for layer, idx in groups.items()]
+    with m2.hooks(fwd_hooks=hooks):
+        return _run(_SingleRunner(hf), hf, m2.tokenizer, prompts, opts)
+
+
+def _mean_values(means, raw_pairs, groups, d_mlp, device, dtype) -> dict[int, torch.Tensor]:
+    """Per-layer mean values aligned with the layer's sorted neuron indices."""
+    out: dict[int, torch.Tensor] = {}
+    if isinstance(means, Mapping):
+        for layer, idx in groups.items():
+            if layer not in means and str(layer) not in means:
+                raise ValueError(f"means has no entry for layer {layer}, which has ablated neurons")
+            vec = torch.as_tensor(means[layer] if layer in means else means[str(layer)]).detach().flatten()
+            if vec.numel() != d_mlp:
+                raise ValueError(f"means of layer {layer} have {vec.numel()} entries; give all {d_mlp} neurons' means")
+            out[layer] = vec.to(device=device, dtype=dtype)[idx]
+        return out
+    vals = np.asarray(means.detach().cpu().numpy() if isinstance(means, torch.Tensor) else means, dtype=np.float64)
+    if vals.ndim == 2:
+        if vals.shape[1] != d_mlp or any(layer >= vals.shape[0] for layer in groups):
+            raise ValueError(f"means of shape {vals.shape} do not cover the ablated neurons: give [n_layers, {d_mlp}]")
+        return {layer: torch.tensor(vals[layer][idx.cpu().numpy()], device=device, dtype=dtype) for layer, idx in groups.items()}
+    vals = vals.reshape(-1)
+    if vals.shape[0] != len(raw_pairs):
+        raise ValueError(f"means has {vals.shape[0]} values but there are {len(raw_pairs)} neurons: align one mean per neuron")
+    by_pair: dict[Neuron, float] = {}
+    for pair, value in zip(raw_pairs, vals.tolist()):
+        if pair in by_pair and by_pair[pair] != value:
+            raise ValueError(f"neuron {pair} is listed twice with different means ({by_pair[pair]} and {value})")
+        by_pair[pair] = value
+    for layer, idx in groups.items():
+        out[layer] = torch.tensor([by_pair[(layer, i)] for i in idx.tolist()], device=device, dtype=dtype)
+    return out

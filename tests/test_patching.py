@@ -1,0 +1,350 @@
+"""Dynamic activation patching on tiny fp32 models: M1 = tiny base, M2 = base + random (IA)^3 on down_proj."""
+import numpy as np
+import pytest
+import torch
+
+from safety_neurons.generation import greedy_generate
+from safety_neurons.models import ModelLoadError, load_model, to_bridge
+from safety_neurons.patching import (
+    ablated_generate,
+    as_neuron_list,
+    fast_patched_generate,
+    ia3_neuron_scales,
+    k_from_percent,
+    patched_generate,
+    random_neurons,
+    top_k,
+)
+from safety_neurons.tiny import tiny_model, tiny_tokenizer
+from test_models import make_ia3_adapter
+
+N_LAYERS, D_MLP = 2, 64
+ALL = [(layer, i) for layer in range(N_LAYERS) for i in range(D_MLP)]
+# different lengths, so batches are left-padded
+PROMPTS = [
+    [1, 40, 41, 42, 43, 44, 45, 46, 47, 48],
+    [1, 50, 51],
+    [1, 60, 61, 62, 63, 64],
+    [1, 70],
+    [5, 6, 7, 8, 9, 10, 11],
+    [1, 80, 81, 82],
+]
+NEW = 12
+SUBSETS = {
+    "layer0-few": [(0, 3), (0, 17), (0, 40), (0, 41)],
+    "across-layers": ALL[::5],
+    "half": ALL[::2],
+    "layer1-all": [(1, i) for i in range(D_MLP)],
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny matmuls on a busy 2-core machine spend more time spinning threads than computing.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ia3")
+    make_ia3_adapter(tiny_model("llama"), path, targets=("down_proj",))
+    return path
+
+
+@pytest.fixture(scope="module")
+def m1():
+    return load_model("tiny-random-llama", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def m2(adapter):
+    return load_model("tiny-random-llama", adapter=adapter, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scales(adapter):
+    return ia3_neuron_scales(adapter, N_LAYERS, D_MLP)
+
+
+@pytest.fixture(scope="module")
+def greedy(m1, m2):
+    g1 = greedy_generate(m1, PROMPTS, max_new_tokens=NEW, batch_size=4, progress=False)
+    g2 = greedy_generate(m2, PROMPTS, max_new_tokens=NEW, batch_size=4, progress=False)
+    # the test is only meaningful if the two models answer differently
+    assert all(a.completion_ids != b.completion_ids for a, b in zip(g1, g2))
+    return g1, g2
+
+
+def ids(gens):
+    return [g.completion_ids for g in gens]
+
+
+def test_patching_all_neurons_of_all_layers_reproduces_m2(m1, m2, greedy):
+    out = patched_generate(m1, m2, PROMPTS, ALL, max_new_tokens=NEW, batch_size=4, progress=False)
+    assert ids(out) == ids(greedy[1])
+    assert [g.text for g in out] == [g.text for g in greedy[1]]
+    assert [g.prompt_ids for g in out] == PROMPTS
+
+
+def test_fast_path_with_all_neurons_reproduces_m2(m1, scales, greedy):
+    out = fast_patched_generate(m1, scales, PROMPTS, np.array(ALL), max_new_tokens=NEW, batch_size=4, progress=False)
+    assert ids(out) == ids(greedy[1])
+
+
+def test_k0_reproduces_m1_greedy_generate(m1, m2, scales, greedy):
+    assert ids(patched_generate(m1, m2, PROMPTS, [], max_new_tokens=NEW, batch_size=4, progress=False)) == ids(greedy[0])
+    assert ids(fast_patched_generate(m1, scales, PROMPTS, [], max_new_tokens=NEW, batch_size=4, progress=False)) == ids(greedy[0])
+
+
+def test_fast_path_equals_two_model_path(m1, m2, scales, greedy):
+    changed = 0
+    for name, subset in SUBSETS.items():
+        two = patched_generate(m1, m2, PROMPTS, subset, max_new_tokens=NEW, batch_size=4, progress=False)
+        fast = fast_patched_generate(m1, scales, PROMPTS, subset, max_new_tokens=NEW, batch_size=4, progress=False)
+        assert ids(two) == ids(fast), name
+        changed += sum(a != b for a, b in zip(ids(two), ids(greedy[0])))
+    assert changed > 0  # patching a subset does change M1's answers
+
+
+def test_patching_a_subset_is_neither_m1_nor_m2(m1, m2, greedy):
+    out = patched_generate(m1, m2, PROMPTS, SUBSETS["across-layers"], max_new_tokens=NEW, batch_size=4, progress=False)
+    assert ids(out) != ids(greedy[0]) and ids(out) != ids(greedy[1])
+
+
+def test_fast_path_patches_a_layer_that_has_no_scale_of_its_own(m1):
+    # M2 scales layer 0 only; layer 1's activations still differ, through layer 0
+    scale0 = 1 + 0.5 * torch.randn(D_MLP, generator=torch.Generator().manual_seed(5))
+    hf2 = tiny_model("llama")
+    with torch.no_grad():
+        hf2.model.layers[0].mlp.up_proj.weight.mul_(scale0[:, None])
+    m2_layer0 = to_bridge(hf2, tiny_tokenizer())
+    layer1 = [(1, i) for i in range(0, D_MLP, 2)]
+    two = patched_generate(m1, m2_layer0, PROMPTS, layer1, max_new_tokens=NEW, progress=False)
+    fast = fast_patched_generate(m1, {0: scale0}, PROMPTS, layer1, max_new_tokens=NEW, progress=False)
+    assert ids(two) == ids(fast)
+    assert ids(fast) != ids(greedy_generate(m1, PROMPTS, max_new_tokens=NEW, progress=False))
+
+
+def test_m1_and_m2_may_be_the_same_bridge(m1, greedy):
+    # capture and replace hooks then sit on the same hook points: patching M1 with itself is M1
+    out = patched_generate(m1, m1, PROMPTS, SUBSETS["half"], max_new_tokens=NEW, progress=False)
+    assert ids(out) == ids(greedy[0])
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_batched_equals_one_by_one_with_left_padding(m1, m2, scales, fast):
+    subset = SUBSETS["half"]
+
+    def run(prompts, batch_size):
+        if fast:
+            return fast_patched_generate(m1, scales, prompts, subset, max_new_tokens=NEW, batch_size=batch_size, progress=False)
+        return patched_generate(m1, m2, prompts, subset, max_new_tokens=NEW, batch_size=batch_size, progress=False)
+
+    batched = run(PROMPTS, 6)  # one batch: the shorter prompts are left-padded by up to 8 tokens
+    singles = [run([p], 1)[0] for p in PROMPTS]
+    assert ids(batched) == ids(singles)
+    assert [g.prompt_ids for g in batched] == PROMPTS  # the caller's order
+
+
+def test_sampling_is_seeded_per_prompt(m1, m2, scales, greedy):
+    kw = dict(max_new_tokens=NEW, do_sample=True, temperature=1.0, progress=False)
+    subset = SUBSETS["across-layers"]
+    a = patched_generate(m1, m2, PROMPTS, subset, seed=7, batch_size=4, **kw)
+    b = patched_generate(m1, m2, PROMPTS, subset, seed=7, batch_size=4, **kw)
+    c = patched_generate(m1, m2, PROMPTS, subset, seed=8, batch_size=4, **kw)
+    assert ids(a) == ids(b)
+    assert ids(a) != ids(c)
+    assert ids(a) != ids(greedy[0])
+    # results do not depend on batch composition, and both paths draw the same numbers
+    assert ids(fast_patched_generate(m1, scales, PROMPTS, subset, seed=7, batch_size=1, **kw)) == ids(a)
+    # k = 0: both paths sample plain M1 identically
+    k0_two = patched_generate(m1, m2, PROMPTS, [], seed=7, batch_size=3, **kw)
+    k0_fast = fast_patched_generate(m1, scales, PROMPTS, [], seed=7, batch_size=5, **kw)
+    assert ids(k0_two) == ids(k0_fast)
+    # a prompt's random stream is keyed by its index: reordering the list keeps each prompt's draws
+    # only if the index moves with it, so prompt 0 alone equals prompt 0 in the full list
+    assert patched_generate(m1, m2, PROMPTS[:1], [], seed=7, **kw)[0].completion_ids == k0_two[0].completion_ids
+
+
+def test_each_prompt_index_has_its_own_random_stream(m1, m2):
+    kw = dict(max_new_tokens=NEW, do_sample=True, seed=3, progress=False)
+    same = patched_generate(m1, m2, [PROMPTS[2]] * 3, SUBSETS["half"], **kw)
+    assert len({tuple(g.completion_ids) for g in same}) == 3
+
+
+def test_position_ids_count_real_tokens_under_left_padding(m1, m2):
+    seen = []
+    handle = m1.original_model.model.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs["position_ids"].tolist()), with_kwargs=True)
+    try:
+        patched_generate(m1, m2, [[1, 40, 41, 42], [1, 50]], SUBSETS["half"], max_new_tokens=3, progress=False)
+    finally:
+        handle.remove()
+    # shortest prompt first (batches are sorted by length)
+    assert seen == [[[0, 0, 0, 1], [0, 1, 2, 3]], [[2], [4]], [[3], [5]]]
+
+
+def test_top_p_sampling_runs_and_is_reproducible(m1, m2):
+    kw = dict(max_new_tokens=NEW, do_sample=True, temperature=0.8, top_p=0.5, seed=1, progress=False)
+    a = patched_generate(m1, m2, PROMPTS, SUBSETS["half"], **kw)
+    assert ids(a) == ids(patched_generate(m1, m2, PROMPTS, SUBSETS["half"], batch_size=2, **kw))
+    assert all(len(g.completion_ids) > 0 for g in a)
+
+
+@pytest.fixture()
+def early_eos_models(adapter):
+    """Fresh models whose EOS set also holds a byte the models do emit, so some rows stop early."""
+    m1 = load_model("tiny-random-llama", device="cpu")
+    m2 = load_model("tiny-random-llama", adapter=adapter, device="cpu")
+    plain = greedy_generate(m1, PROMPTS, max_new_tokens=NEW, progress=False)
+    # the 4th token of prompt 0's answer: it ends that answer early but not every answer at once
+    eos = plain[0].completion_ids[3]
+    for m in (m1, m2):
+        m.original_model.generation_config.eos_token_id = [2, eos]
+    return m1, m2, eos
+
+
+def test_per_row_eos_matches_greedy_generate_and_one_by_one(early_eos_models, adapter):
+    m1, m2, eos = early_eos_models
+    reference = greedy_generate(m1, PROMPTS, max_new_tokens=NEW, batch_size=6, progress=False)
+    stopped = [g.stopped for g in reference]
+    assert any(stopped) and not all(stopped)  # some rows end early, the others keep going
+    out = patched_generate(m1, m2, PROMPTS, [], max_new_tokens=NEW, batch_size=6, progress=False)
+    assert ids(out) == ids(reference)
+    assert [g.stopped for g in out] == stopped
+    for g in out:
+        assert (g.completion_ids[-1] == eos) == g.stopped and eos not in g.completion_ids[:-1]
+    # patched, with rows finishing at different steps (finished rows leave the batch)
+    subset = SUBSETS["across-layers"]
+    batched = patched_generate(m1, m2, PROMPTS, subset, max_new_tokens=NEW, batch_size=6, progress=False)
+    singles = [patched_generate(m1, m2, [p], subset, max_new_tokens=NEW, progress=False)[0] for p in PROMPTS]
+    assert ids(batched) == ids(singles)
+    fast = fast_patched_generate(m1, ia3_neuron_scales(adapter, N_LAYERS, D_MLP), PROMPTS, subset, max_new_tokens=NEW,
+                                 batch_size=6, progress=False)
+    assert ids(fast) == ids(batched)
+
+
+def test_stop_strings_end_a_row_and_cut_the_text(m1, m2):
+    full = patched_generate(m1, m2, PROMPTS, SUBSETS["half"], max_new_tokens=NEW, progress=False)
+    # a printable two-character piece from the middle of one answer
+    row, stop = next(
+        (r, g.text[i : i + 2]) for r, g in enumerate(full) for i in range(2, len(g.text) - 3)
+        if g.text[i : i + 2].isascii() and g.text[i : i + 2].isprintable() and len(g.completion_ids) == len(g.text)
+    )
+    out = patched_generate(m1, m2, PROMPTS, SUBSETS["half"], max_new_tokens=NEW, stop_strings=[stop], progress=False)
+    for g, ref in zip(out, full):
+        if stop in ref.text:
+            assert g.stopped and g.text == ref.text[: ref.text.index(stop)]
+            assert ref.completion_ids[: len(g.completion_ids)] == g.completion_ids
+            # the last kept token completed the stop string
+            assert stop in m1.tokenizer.decode(g.completion_ids) and stop not in m1.tokenizer.decode(g.completion_ids[:-1])
+        else:
+            assert g.completion_ids == ref.completion_ids and g.text == ref.text
+    assert out[row].text != full[row].text
+
+
+def test_ablation_equals_a_hooked_greedy_generation(m2):
+    idx = [3, 17, 40]
+    neurons = [(0, i) for i in idx] + [(1, 5)]
+
+    def hooked(value):
+        def fn(act, hook):
+            layer = int(hook.name.split(".")[1])
+            cols = idx if layer == 0 else [5]
+            act[..., cols] = value
+            return act
+        return [("blocks.0.mlp.hook_post", fn), ("blocks.1.mlp.hook_post", fn)]
+
+    with m2.hooks(fwd_hooks=hooked(0.0)):
+        zeroed = greedy_generate(m2, PROMPTS, max_new_tokens=NEW, progress=False)
+    with m2.hooks(fwd_hooks=hooked(0.25)):
+        meaned = greedy_generate(m2, PROMPTS, max_new_tokens=NEW, progress=False)
+    assert ids(zeroed) != ids(greedy_generate(m2, PROMPTS, max_new_tokens=NEW, progress=False))
+    assert ids(ablated_generate(m2, PROMPTS, neurons, mode="zero", max_new_tokens=NEW, progress=False)) == ids(zeroed)
+    means = {0: torch.full((D_MLP,), 0.25), 1: torch.full((D_MLP,), 0.25)}
+    assert ids(ablated_generate(m2, PROMPTS, neurons, mode="mean", means=means, max_new_tokens=NEW, progress=False)) == ids(meaned)
+    matrix = torch.full((N_LAYERS, D_MLP), 0.25)  # e.g. RunningMoments.mean
+    assert ids(ablated_generate(m2, PROMPTS, neurons, mode="mean", means=matrix, max_new_tokens=NEW, progress=False)) == ids(meaned)
+    aligned = np.full(len(neurons), 0.25)
+    assert ids(ablated_generate(m2, PROMPTS, neurons, mode="mean", means=aligned, max_new_tokens=NEW, progress=False)) == ids(meaned)
+    with pytest.raises(ValueError, match="mode='mean' needs `means`"):
+        ablated_generate(m2, PROMPTS, neurons, mode="mean", max_new_tokens=NEW)
+    with pytest.raises(ValueError, match="2 values but there are 4 neurons"):
+        ablated_generate(m2, PROMPTS, neurons, mode="mean", means=[0.0, 1.0], max_new_tokens=NEW)
+
+
+def test_bad_neurons_and_options_get_clear_errors(m1, m2):
+    with pytest.raises(ValueError, match=r"neuron \(layer 2, index 0\) is out of range: the model has 2 layers x 64 neurons"):
+        patched_generate(m1, m2, PROMPTS, [(0, 1), (2, 0)], max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"neuron \(layer 1, index 64\) is out of range"):
+        patched_generate(m1, m2, PROMPTS, np.array([[1, 64]]), max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"neuron \(layer -1, index 3\)"):
+        as_neuron_list(torch.tensor([[-1, 3]]), N_LAYERS, D_MLP)
+    with pytest.raises(ValueError, match=r"shape \(k, 2\)"):
+        as_neuron_list([(0, 1, 2)], N_LAYERS, D_MLP)
+    with pytest.raises(ValueError, match="empty"):
+        patched_generate(m1, m2, [], [], max_new_tokens=2)
+    with pytest.raises(ValueError, match="temperature"):
+        patched_generate(m1, m2, PROMPTS, [], max_new_tokens=2, do_sample=True, temperature=0)
+    narrow = to_bridge(tiny_model("llama", d_mlp=48), tiny_tokenizer())
+    with pytest.raises(ValueError, match="different shapes"):
+        patched_generate(m1, narrow, PROMPTS, [], max_new_tokens=2)
+    assert as_neuron_list([(1, 2), (1, 2), (0, 0)], N_LAYERS, D_MLP) == [(1, 2), (0, 0)]
+
+
+def test_k_from_percent_and_top_k():
+    assert k_from_percent(5, 46080) == 2304
+    assert k_from_percent(15, 10) == 2  # halves round up
+    assert k_from_percent(2, 10) == 0
+    assert k_from_percent(100, 128) == 128
+    with pytest.raises(ValueError, match="k = 13.*than the model's 12 neurons"):
+        k_from_percent(110, 12)
+    ranking = [(1, 5), (0, 2), (1, 0)]
+    assert top_k(ranking, 2) == [(1, 5), (0, 2)]
+    assert top_k(np.array(ranking), 0) == []
+    with pytest.raises(ValueError, match="k = 4 is larger than the ranking, which has 3 neurons"):
+        top_k(ranking, 4)
+
+    class Ranking:  # the interface of change_scores.NeuronRanking
+        n_neurons = 3
+
+        def top(self, k):
+            return torch.tensor(ranking[:k])
+
+    assert top_k(Ranking(), 2) == [(1, 5), (0, 2)]
+    with pytest.raises(ValueError, match="k = 4 is larger than the ranking, which has 3 neurons"):
+        top_k(Ranking(), 4)
+
+
+def test_random_neurons_match_per_layer_counts_are_seeded_and_unique():
+    chosen = [(0, 1), (0, 2), (0, 3), (2, 7), (5, 0), (5, 1)]
+    a = random_neurons(chosen, d_mlp=10, seed=0)
+    assert random_neurons(np.array(chosen), d_mlp=10, seed=0) == a
+    assert random_neurons(chosen, d_mlp=10, seed=1) != a
+    counts = lambda pairs: {layer: sum(1 for l, _ in pairs if l == layer) for layer, _ in pairs}  # noqa: E731
+    assert counts(a) == counts(chosen) == {0: 3, 2: 1, 5: 2}
+    assert len(set(a)) == len(a) and all(0 <= i < 10 for _, i in a)
+    full = random_neurons([(3, i) for i in range(10)], d_mlp=10, seed=4)
+    assert sorted(full) == [(3, i) for i in range(10)]  # a whole layer draws the whole layer
+    assert random_neurons([], d_mlp=10, seed=0) == []
+    # uniform within the layer: over many seeds every index gets drawn
+    seen = {i for s in range(200) for _, i in random_neurons([(0, 0)], d_mlp=10, seed=s)}
+    assert seen == set(range(10))
+
+
+def test_ia3_neuron_scales_reads_down_proj_vectors_and_refuses_the_rest(adapter, tmp_path):
+    from safety_neurons.models import read_ia3_adapter
+
+    scales = ia3_neuron_scales(adapter, N_LAYERS, D_MLP)
+    _, state = read_ia3_adapter(adapter)
+    assert sorted(scales) == [0, 1]
+    key = next(k for k in state if "layers.1.mlp.down_proj" in k)
+    torch.testing.assert_close(scales[1], state[key].float().flatten())
+    make_ia3_adapter(tiny_model("llama"), tmp_path, targets=("gate_proj", "up_proj", "down_proj"))
+    with pytest.raises(ModelLoadError, match="fast path needs MLP-neuron-only.*patched_generate"):
+        ia3_neuron_scales(tmp_path, N_LAYERS, D_MLP)
+    with pytest.raises(ModelLoadError, match="64 entries but the model has 48"):
+        ia3_neuron_scales(adapter, N_LAYERS, 48)
