@@ -100,6 +100,32 @@ def test_a_run_killed_mid_training_resumes_from_its_checkpoint(tmp_path, monkeyp
     assert log["resumed"] is True
 
 
+RETAIN = [f"The module number {i} provides functions for reading and writing files on disk." for i in range(8)]
+
+
+def retain_divergence(adapter_dir) -> float:
+    """Mean KL(M1 || M2) over the retain texts' tokens."""
+    from peft import PeftModel
+
+    from safety_neurons.alignment import retain_batches, retain_kl
+    from safety_neurons.tiny import tiny_model
+
+    model = PeftModel.from_pretrained(tiny_model("llama"), adapter_dir).eval()
+    with torch.no_grad():
+        return float(sum(retain_kl(model, b) for b in retain_batches(tiny_tokenizer(), RETAIN, 4, 64)))
+
+
+def test_the_retain_term_keeps_m2_closer_to_m1_on_general_text(tmp_path):
+    strong = TrainSettings(learning_rate=2e-1, epochs=2, batch_size=4, save_steps=100)
+    free = train_dpo("tiny-random-llama", PAIRS, tmp_path / "free", settings=strong, progress=False)
+    anchored = train_dpo("tiny-random-llama", PAIRS, tmp_path / "anchored", retain_texts=RETAIN, progress=False,
+                         settings=TrainSettings(**{**strong.__dict__, "retain_weight": 10.0}))
+    assert any("retain_kl" in e for e in anchored.log) and not any("retain_kl" in e for e in free.log)
+    assert retain_divergence(anchored.adapter_dir) < 0.5 * retain_divergence(free.adapter_dir)
+    with pytest.raises(ValueError, match="retain_weight > 0 needs retain_texts"):
+        train_dpo("tiny-random-llama", PAIRS, tmp_path / "x", settings=TrainSettings(retain_weight=1.0))
+
+
 def test_empty_preference_set_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="preference set is empty"):
         train_dpo("tiny-random-llama", [], tmp_path)

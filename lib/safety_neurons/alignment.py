@@ -47,6 +47,12 @@ class TrainSettings:
     # per step whatever its gradient; an epsilon near the large gradients keeps the update proportional
     # to the gradient for the many neurons that barely matter (see the alignment notebook).
     adam_epsilon: float = 1e-8
+    # Weight of a KL(M1 || M2) term on general text (the "retain" texts) added to every DPO step:
+    # it anchors M2's next-token distribution on ordinary text to M1's, so aligning does not cost
+    # general language modelling (0: no such term, as in the paper).
+    retain_weight: float = 0.0
+    retain_batch_size: int = 4
+    retain_max_tokens: int = 128
 
 
 @dataclass
@@ -96,16 +102,21 @@ def train_dpo(
     *,
     template: str = "auto",
     settings: TrainSettings = TrainSettings(),
+    retain_texts: list[str] | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> TrainResult:
-    """DPO with (IA)^3 on the MLP; returns where the adapter is. A finished adapter is not retrained."""
-    from trl import DPOConfig, DPOTrainer
+    """DPO with (IA)^3 on the MLP; returns where the adapter is. A finished adapter is not retrained.
+    With `settings.retain_weight > 0`, `retain_texts` (general text) anchor M2 to M1 through a KL term."""
+    from trl import DPOConfig
 
     if not pairs:
         raise ValueError("the preference set is empty: nothing to train on")
+    if settings.retain_weight > 0 and not retain_texts:
+        raise ValueError("retain_weight > 0 needs retain_texts (general text to keep M2 close to M1 on); none given")
+    retain_texts = list(retain_texts or []) if settings.retain_weight > 0 else []
     out = Path(out_dir)
-    claim_dir(out, content_key("dpo", base_model_name, template, asdict(settings), [asdict(p) for p in pairs]))
+    claim_dir(out, content_key("dpo", base_model_name, template, asdict(settings), [asdict(p) for p in pairs], retain_texts))
     if adapter_done(out):
         return _result_from_log(out)
     model, tokenizer, dev = _load_for_training(base_model_name, device)
@@ -114,9 +125,63 @@ def train_dpo(
         "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, settings.sft_weight]}
     args = DPOConfig(**_trainer_args(out, settings, dev, len(pairs), progress), beta=settings.beta,
                      max_length=settings.max_length, precompute_ref_log_probs=True, **losses)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=ia3_mlp_config())
-    return _train_and_save(trainer, out, base_model_name, settings, {"objective_pairs": len(pairs)})
+    retain = retain_batches(tokenizer, retain_texts, settings.retain_batch_size, settings.retain_max_tokens)
+    trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                   peft_config=ia3_mlp_config(), retain=retain, retain_weight=settings.retain_weight)
+    return _train_and_save(trainer, out, base_model_name, settings, {"objective_pairs": len(pairs), "retain_texts": len(retain_texts)})
+
+
+def retain_batches(tokenizer, texts: list[str], batch_size: int, max_tokens: int) -> list[dict[str, torch.Tensor]]:
+    """Right-padded batches of general text (input_ids, attention_mask), each text cut to max_tokens."""
+    from .generation import pad_token_id
+
+    encoded = [e for e in (tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts) if len(e) >= 2]
+    batches = []
+    for start in range(0, len(encoded), batch_size):
+        rows = encoded[start:start + batch_size]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_token_id(tokenizer), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return batches
+
+
+def retain_kl(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over real tokens of KL(M1 || M2) of the next-token distributions; M1 is the PEFT model
+    with its adapter disabled (the DPO reference), so no second copy is needed."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with torch.no_grad(), model.disable_adapter():
+        ref = torch.log_softmax(model(**batch).logits.float(), dim=-1)
+    logp = torch.log_softmax(model(**batch).logits.float(), dim=-1)
+    kl = (ref.exp() * (ref - logp)).sum(-1)
+    mask = batch["attention_mask"].bool()
+    return kl[mask].mean()
+
+
+def _dpo_trainer_class():
+    """trl's DPOTrainer with an optional retain-KL term (built on demand: importing trl is slow)."""
+    from trl import DPOTrainer
+
+    class RetainDPOTrainer(DPOTrainer):
+        def __init__(self, *args, retain: list[dict], retain_weight: float, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.retain, self.retain_weight = retain, retain_weight
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not self.retain or self.retain_weight == 0 or not model.training:
+                return result
+            batch = self.retain[self.state.global_step % len(self.retain)]  # by step: a resumed run continues the cycle
+            kl = retain_kl(self.accelerator.unwrap_model(model), batch)
+            self._metrics["train"]["retain_kl"].append(kl.item())
+            if return_outputs:
+                return result[0] + self.retain_weight * kl, result[1]
+            return result + self.retain_weight * kl
+
+    return RetainDPOTrainer
 
 
 def sft_dataset(tokenizer, conversations: list[list[dict]], template: str):

@@ -134,7 +134,14 @@ def synthetic_pairs(cfg: RunConfig) -> int:
 
 def dpo_settings(cfg: RunConfig, seed: int) -> TrainSettings:
     return TrainSettings(learning_rate=cfg.dpo_learning_rate, epochs=cfg.dpo_epochs, batch_size=cfg.dpo_batch_size,
-                         beta=cfg.dpo_beta, sft_weight=cfg.dpo_sft_weight, seed=seed)
+                         beta=cfg.dpo_beta, sft_weight=cfg.dpo_sft_weight, retain_weight=cfg.dpo_retain_weight,
+                         adam_epsilon=cfg.dpo_adam_epsilon, seed=seed)
+
+
+def retain_texts(cfg: RunConfig) -> list[str]:
+    """General text M2 is kept close to M1 on (the text corpus's alignment split; perplexity is
+    measured on its evaluation split); empty when the profile has no retain term."""
+    return load_split(cfg, cfg.text_corpus, "alignment") if cfg.dpo_retain_weight > 0 else []
 
 
 def training_runs(cfg: RunConfig) -> list[tuple[str, int]]:
@@ -149,7 +156,7 @@ def run_dir_of(cfg: RunConfig, objective: str, seed: int) -> Path:
 
 def train_m2(cfg: RunConfig, objective: str, seed: int, pairs: list[Preference], *, progress: bool = True) -> TrainResult:
     return train_dpo(m1_name(cfg), pairs, run_dir_of(cfg, objective, seed), template=cfg.chat_template,
-                     settings=dpo_settings(cfg, seed), device=cfg.device, progress=progress)
+                     settings=dpo_settings(cfg, seed), retain_texts=retain_texts(cfg), device=cfg.device, progress=progress)
 
 
 def m2_adapter(cfg: RunConfig, objective: str = "harmless", seed: int | None = None) -> Path:

@@ -59,10 +59,23 @@ class RunConfig:
     # Measured on the embedded model: pure DPO moved held-out refusals from 1% to 15% (60 steps),
     # DPO + NLL to 79% in half the steps. The paper profile keeps pure DPO.
     dpo_sft_weight: float = 1.0
+    # KL(M1 || M2) on general text (the text corpus's alignment split) added to each DPO step, so that
+    # aligning does not cost general language modelling; 0 = none (the paper).
+    dpo_retain_weight: float = 0.0
+    dpo_adam_epsilon: float = 1e-8
     # Neuron finding (stage 02): harmful prompts of the finding splits (None: all), and the positions
     # change scores are computed over: completion (the paper's), prompt or prompt_last.
     finding_prompts: int | None = 128
     finding_token_type: str = "completion"
+    # Dynamic patching (stage 03): k as percentages of all neurons, random-baseline seeds, the held-out
+    # prompts (the first harmful set's evaluation split; None: all), the path (fast: one model for an
+    # (IA)^3 M2; two_model: any M2), the k whose C is the headline, bootstrap resamples.
+    patch_k_pcts: tuple[float, ...] = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20)
+    patch_random_seeds: tuple[int, ...] = (0, 1, 2)
+    patch_prompts: int | None = 64
+    patch_path: str = "fast"
+    headline_pct: float = 5.0
+    bootstrap_samples: int = 2000
     eval_prompts: int | None = 64  # per evaluation set; None: the whole evaluation split
     eval_tokens: int = 32  # answer length when judging refusal
     ppl_texts: int = 64  # paragraphs of the text corpus for perplexity
@@ -113,6 +126,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         dpo_epochs=1.0,
         dpo_batch_size=4,
         finding_prompts=6,
+        patch_k_pcts=(5, 20),
+        patch_random_seeds=(0, 1),
+        patch_prompts=4,
+        bootstrap_samples=200,
         eval_prompts=4,
         eval_tokens=6,
         ppl_texts=4,
@@ -185,7 +202,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     # JSON and papermill give lists where the config keeps tuples (hashable, frozen).
     if isinstance(value, list):
         return tuple(value)
-    if f.name in {"max_prompts_per_split", "sft_dataset", "run_name", "eval_prompts", "finding_prompts"} and value in ("None", "none", "null"):
+    if f.name in {"max_prompts_per_split", "sft_dataset", "run_name", "eval_prompts", "finding_prompts", "patch_prompts"} and value in ("None", "none", "null"):
         return None
     return value
 
@@ -223,6 +240,8 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.dpo_learning_rate > 0 and cfg.dpo_epochs > 0 and cfg.dpo_beta > 0,
          "dpo_learning_rate, dpo_epochs and dpo_beta must be positive")
     need(cfg.dpo_sft_weight >= 0, f"dpo_sft_weight must be >= 0, got {cfg.dpo_sft_weight!r}")
+    need(cfg.dpo_retain_weight >= 0, f"dpo_retain_weight must be >= 0, got {cfg.dpo_retain_weight!r}")
+    need(cfg.dpo_adam_epsilon > 0, f"dpo_adam_epsilon must be > 0, got {cfg.dpo_adam_epsilon!r}")
     need(isinstance(cfg.benign_sets, tuple), "benign_sets must be a list of prompt-set names")
     need(isinstance(cfg.train_seeds, tuple) and len(cfg.train_seeds) > 0 and all(isinstance(s, int) for s in cfg.train_seeds),
          f"train_seeds must be a non-empty list of integers, got {cfg.train_seeds!r}")
@@ -230,3 +249,12 @@ def _validate(cfg: RunConfig) -> None:
          f"finding_prompts must be a positive integer or None, got {cfg.finding_prompts!r}")
     need(cfg.finding_token_type in ("completion", "prompt", "prompt_last"),
          f"finding_token_type must be completion, prompt or prompt_last, got {cfg.finding_token_type!r}")
+    need(isinstance(cfg.patch_k_pcts, tuple) and len(cfg.patch_k_pcts) > 0 and all(0 < p <= 100 for p in cfg.patch_k_pcts),
+         f"patch_k_pcts must be percentages in (0, 100] (k = 0 is M1, always run), got {cfg.patch_k_pcts!r}")
+    need(cfg.headline_pct in cfg.patch_k_pcts, f"headline_pct {cfg.headline_pct} must be one of patch_k_pcts {cfg.patch_k_pcts}")
+    need(isinstance(cfg.patch_random_seeds, tuple) and len(cfg.patch_random_seeds) > 0,
+         "patch_random_seeds must list at least one seed")
+    need(cfg.patch_prompts is None or (isinstance(cfg.patch_prompts, int) and cfg.patch_prompts > 0),
+         f"patch_prompts must be a positive integer or None, got {cfg.patch_prompts!r}")
+    need(cfg.patch_path in ("fast", "two_model"), f"patch_path must be fast or two_model, got {cfg.patch_path!r}")
+    need(isinstance(cfg.bootstrap_samples, int) and cfg.bootstrap_samples > 0, "bootstrap_samples must be a positive integer")

@@ -42,3 +42,42 @@ def mean_scatter(ranking: NeuronRanking, k: int, *, x: str = "mean_m1", y: str =
     lo, hi = float(min(table[x].min(), table[y].min())), float(max(table[x].max(), table[y].max()))
     fig.add_shape(type="line", x0=lo, y0=lo, x1=hi, y1=hi, line=dict(dash="dot", color="grey"))
     return fig
+
+
+def _band(fig, x, lo, hi, name: str, color: str) -> None:
+    fig.add_scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo)[::-1], fill="toself", fillcolor=color,
+                    line=dict(width=0), opacity=0.2, name=f"{name} 95% CI", hoverinfo="skip", showlegend=False)
+
+
+COLORS = {"safety": "#d62728", "random": "#1f77b4"}
+
+
+def k_sweep(effects, f_m1: float, f_m2: float, *, judge: str, title: str = "Safety under dynamic patching"):
+    """Safety score vs k% for safety-neuron and random patching (bootstrap 95% bands), with M1 and M2 as lines."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    span = f_m2 - f_m1
+    for arm, label in (("safety", "top-k change-score neurons"), ("random", "random neurons (layer-matched)")):
+        x = effects["k_pct"]
+        _band(fig, x, f_m1 + effects[f"C_{arm}_lo"] * span, f_m1 + effects[f"C_{arm}_hi"] * span, label, COLORS[arm])
+        fig.add_scatter(x=x, y=effects[arm], mode="lines+markers", name=label, line=dict(color=COLORS[arm]))
+    fig.add_hline(y=f_m2, line_dash="dash", annotation_text="M2", line_color="black")
+    fig.add_hline(y=f_m1, line_dash="dot", annotation_text="M1", line_color="grey")
+    fig.update_layout(title=title, xaxis_title="k (% of all neurons patched)", yaxis_title=f"safety score ({judge})")
+    return fig
+
+
+def causal_effect_curve(effects, *, title: str = "Causal effect C of patching k% of the neurons"):
+    """C vs k% for both arms with bootstrap 95% bands; C = 1 means the patched neurons carry all of M2's safety."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for arm, label in (("safety", "top-k change-score neurons"), ("random", "random neurons (layer-matched)")):
+        x = effects["k_pct"]
+        _band(fig, x, effects[f"C_{arm}_lo"], effects[f"C_{arm}_hi"], label, COLORS[arm])
+        fig.add_scatter(x=x, y=effects[f"C_{arm}"], mode="lines+markers", name=label, line=dict(color=COLORS[arm]))
+    fig.add_hline(y=1.0, line_dash="dash", line_color="black", annotation_text="C = 1")
+    fig.add_hline(y=0.9, line_dash="dot", line_color="grey", annotation_text="0.9")
+    fig.update_layout(title=title, xaxis_title="k (% of all neurons patched)", yaxis_title="C")
+    return fig

@@ -1,0 +1,253 @@
+"""Stage 03 (dynamic_patching): the k sweep, the random baseline, ablations and the causal effect.
+
+Every generation run ("arm": M1, M2, top-k safety neurons at k%, random neurons at k% and seed s,
+all neurons, ablations) is judged per prompt and saved as JSON under
+runs/<name>/artifacts/03_dynamic_patching/arms/, keyed by what it was made from, so an interrupted
+sweep resumes at the next unfinished arm and a changed ranking, adapter or prompt set recomputes.
+Per-prompt rows (prompt, arm, k, seed, answer, verdict) make every figure recomputable.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import RunConfig
+from .data import load_split
+from .generation import Generation
+from .io import content_key, read_json, sha256_file, write_json_atomic
+from .judge import PHRASE_JUDGE, refusal_judge
+
+STAGE = "03_dynamic_patching"
+JUDGE = PHRASE_JUDGE
+
+
+def stage_dir(cfg: RunConfig) -> Path:
+    return cfg.artifact_dir(STAGE)
+
+
+def patch_prompts(cfg: RunConfig) -> list[str]:
+    """Held-out harmful prompts: the first harmful set's evaluation split."""
+    return load_split(cfg, cfg.harmful_sets[0], "evaluation")[: cfg.patch_prompts or None]
+
+
+def pct_label(pct: float) -> str:
+    """5 -> "5", 7.5 -> "7p5", 0.5 -> "0p5": metric keys are k<label>, and a dot would read as a level."""
+    return f"{pct:g}".replace(".", "p")
+
+
+@dataclass
+class Arm:
+    """One generation run over the patch prompts, judged."""
+
+    name: str  # m1 | m2 | safety | random | all | zero_ablation | mean_ablation | safety_two_model
+    k_pct: float
+    seed: int | None
+    answers: list[str]
+    refused: list[bool]
+    n_tokens: int
+    seconds: float
+
+    @property
+    def score(self) -> np.ndarray:
+        """Per-prompt safety score under the refusal-phrase judge (refusal of a harmful prompt = safe)."""
+        return np.asarray(self.refused, dtype=np.float64)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+def arm_id(name: str, k_pct: float, seed: int | None) -> str:
+    return f"{name}-k{pct_label(k_pct)}" + ("" if seed is None else f"-s{seed}")
+
+
+def run_arm(cfg: RunConfig, name: str, k_pct: float, seed: int | None, key: str,
+            generate: Callable[[], list[Generation]]) -> Arm:
+    """Generate (unless an arm of the same key is saved), judge and save one arm."""
+    path = stage_dir(cfg) / "arms" / f"{arm_id(name, k_pct, seed)}.json"
+    if path.exists():
+        saved = read_json(path)
+        if saved.get("key") == key:
+            return Arm(**saved["arm"])
+    start = time.perf_counter()
+    generations = generate()
+    seconds = time.perf_counter() - start
+    answers = [g.text for g in generations]
+    arm = Arm(name, k_pct, seed, answers, refusal_judge(answers), sum(len(g.completion_ids) for g in generations), seconds)
+    write_json_atomic(path, {"key": key, "judge": JUDGE, "arm": asdict(arm)})
+    return arm
+
+
+def sweep_key(cfg: RunConfig, prompt_ids: list[list[int]], adapter: Path, ranking_key: str) -> str:
+    """What every arm depends on: prompts, M2's weights, the ranking, generation length, the path."""
+    return content_key(prompt_ids, sha256_file(Path(adapter) / "adapter_model.safetensors"), ranking_key,
+                       cfg.eval_tokens, cfg.patch_path)
+
+
+def results_table(arms: list[Arm], prompts: list[str]):
+    """One row per (arm, prompt): the per-prompt results every figure is computed from."""
+    import pandas as pd
+
+    rows = [{"arm": a.name, "k_pct": a.k_pct, "seed": a.seed, "prompt_index": i, "prompt": p, "answer": ans,
+             "refused": r, "judge": JUDGE}
+            for a in arms for i, (p, ans, r) in enumerate(zip(prompts, a.answers, a.refused))]
+    return pd.DataFrame(rows)
+
+
+def mean_over_seeds(arms: list[Arm]) -> np.ndarray:
+    """Per-prompt safety score averaged over the random seeds of one k."""
+    return np.mean([a.score for a in arms], axis=0)
+
+
+def effect_table(cfg: RunConfig, m1: Arm, m2: Arm, safety: dict[float, Arm], random: dict[float, list[Arm]]):
+    """Per k: safety score and causal effect C with bootstrap 95% intervals, for both arms,
+    and the paired test of safety vs random neurons on the same prompts."""
+    import pandas as pd
+
+    from .stats import bootstrap_causal_effect, paired_test
+
+    defined = m2.score.mean() != m1.score.mean()
+    if not defined:
+        import warnings
+
+        warnings.warn(f"M2 is no safer than M1 on these prompts (both score {m1.score.mean():.3f} under {JUDGE}): "
+                      "the causal effect C is undefined and reported as NaN", stacklevel=2)
+    nan = (math.nan, math.nan, math.nan)
+
+    def effect(scores):
+        return tuple(bootstrap_causal_effect(scores, m1.score, m2.score, n_boot=cfg.bootstrap_samples, seed=cfg.seed)) if defined else nan
+
+    rows = []
+    for pct in sorted(safety):
+        s_safe, s_rand = safety[pct].score, mean_over_seeds(random[pct])
+        c_safe, c_rand = effect(s_safe), effect(s_rand)
+        rows.append({"k_pct": pct, "safety": s_safe.mean(), "random": s_rand.mean(),
+                     "random_sd_over_seeds": float(np.std([a.score.mean() for a in random[pct]])),
+                     "C_safety": c_safe[0], "C_safety_lo": c_safe[1], "C_safety_hi": c_safe[2],
+                     "C_random": c_rand[0], "C_random_lo": c_rand[1], "C_random_hi": c_rand[2],
+                     "pvalue": paired_test(s_safe, s_rand, seed=cfg.seed)})
+    return pd.DataFrame(rows)
+
+
+def smallest_k(effects, threshold: float = 0.9) -> float:
+    """The smallest k% whose C reaches `threshold` (NaN if none does)."""
+    hit = effects[effects["C_safety"] >= threshold]
+    return float(hit["k_pct"].min()) if len(hit) else math.nan
+
+
+def at_pct(effects, pct: float):
+    rows = effects[np.isclose(effects["k_pct"], pct)]
+    if not len(rows):
+        raise ValueError(f"the sweep has no k = {pct:g}%: add it to patch_k_pcts")
+    return rows.iloc[0]
+
+
+def patching_metrics(cfg: RunConfig, effects, sweep: "Sweep", seconds: float) -> dict:
+    """Metrics of stage 03 (judge: refusal-phrase). `C.<arm>.k<pct>` with `.lo`/`.hi` bounds; the
+    throughput compares the patched runs at the headline k with M1's plain HF generate."""
+    from .stats import causal_effect
+
+    m1, m2, all_arm, ablations, plain = sweep.m1, sweep.m2, sweep.all_neurons, sweep.ablations, sweep.m1_plain
+    two_model = sweep.two_model
+    fast = sweep.safety[cfg.headline_pct] if cfg.patch_path == "fast" else two_model
+
+    metrics: dict = {"safety": {"m1": m1.score.mean(), "m2": m2.score.mean()}, "C": {"safety": {}, "random": {}}}
+    for _, row in effects.iterrows():
+        label = f"k{pct_label(row['k_pct'])}"
+        for arm in ("safety", "random"):
+            metrics["C"][arm] |= {label: row[f"C_{arm}"], f"{label}.lo": row[f"C_{arm}_lo"], f"{label}.hi": row[f"C_{arm}_hi"]}
+    five = at_pct(effects, cfg.headline_pct)
+    metrics["C"]["safety"]["at_5pct"] = five["C_safety"]
+    metrics["C"]["random"]["at_5pct"] = five["C_random"]
+    defined = m2.score.mean() != m1.score.mean()
+    metrics["C"]["all_neurons"] = causal_effect(all_arm.score.mean(), m1.score.mean(), m2.score.mean()) if defined else math.nan
+    metrics["pvalue"] = {"at_5pct": five["pvalue"]}
+    metrics["k_pct_for_C90"] = smallest_k(effects)
+    metrics["ablation"] = {mode.split("_")[0]: {"at_5pct": arm.score.mean()} for mode, arm in ablations.items()}
+    metrics["throughput"] = {"plain_tok_s": plain.tokens_per_second, "patched_tok_s": two_model.tokens_per_second,
+                             "fast_tok_s": fast.tokens_per_second,
+                             "patched_over_plain": two_model.tokens_per_second / plain.tokens_per_second,
+                             "fast_over_plain": fast.tokens_per_second / plain.tokens_per_second}
+    metrics["fast_equals_two_model"] = float(np.mean([a == b for a, b in zip(fast.answers, two_model.answers)]))
+    metrics["m1_loop_equals_plain"] = float(np.mean([a == b for a, b in zip(m1.answers, plain.answers)]))
+    metrics["all_neurons_equals_m2"] = float(np.mean([a == b for a, b in zip(all_arm.answers, m2.answers)]))
+    metrics["seconds"] = seconds
+    return metrics
+
+
+
+@dataclass
+class Sweep:
+    """Every arm of the stage, by role."""
+
+    m1: Arm
+    m1_plain: Arm
+    m2: Arm
+    all_neurons: Arm
+    safety: dict[float, Arm]
+    random: dict[float, list[Arm]]
+    ablations: dict[str, Arm]
+    two_model: Arm
+
+    def arms(self) -> list[Arm]:
+        return [self.m1, self.m1_plain, self.m2, self.all_neurons, *self.safety.values(),
+                *[a for arms in self.random.values() for a in arms], *self.ablations.values(), self.two_model]
+
+
+def run_sweep(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[list[int]], *,
+              progress: bool = True) -> Sweep:
+    """All arms of the stage. `m1` is the M1 bridge (the fast path's base), `m2` the folded M2 bridge
+    (the two-model path, M2's own answers and the ablations), `ranking` a NeuronRanking."""
+    from tqdm.auto import tqdm
+
+    from .generation import greedy_generate
+    from .patching import (ablated_generate, fast_patched_generate, ia3_neuron_scales, k_from_percent,
+                           patched_generate, random_neurons)
+
+    n_neurons, d_mlp = ranking.n_neurons, ranking.d_mlp
+    key = sweep_key(cfg, prompt_ids, adapter, ranking.meta.get("key", content_key(ranking.scores.tolist())))
+    opts = dict(max_new_tokens=cfg.eval_tokens, batch_size=cfg.batch_size, progress=False)
+    scales = ia3_neuron_scales(adapter, ranking.n_layers, d_mlp, base=m1) if cfg.patch_path == "fast" else None
+
+    def patch(neurons, path: str = cfg.patch_path) -> Callable[[], list[Generation]]:
+        if path == "fast":
+            return lambda: fast_patched_generate(m1, scales, prompt_ids, neurons, **opts)
+        return lambda: patched_generate(m1, m2, prompt_ids, neurons, **opts)
+
+    plan: list[tuple[str, float, int | None, Callable[[], list[Generation]]]] = [
+        ("m1", 0.0, None, patch([])),
+        ("m1_plain", 0.0, None, lambda: greedy_generate(m1, prompt_ids, **opts)),
+        ("m2", 100.0, None, lambda: greedy_generate(m2, prompt_ids, **opts)),
+        ("all", 100.0, None, patch(ranking.top(n_neurons))),
+    ]
+    for pct in cfg.patch_k_pcts:
+        top = ranking.top(k_from_percent(pct, n_neurons))
+        plan.append(("safety", pct, None, patch(top)))
+        plan += [("random", pct, s, patch(random_neurons(top, d_mlp, s))) for s in cfg.patch_random_seeds]
+    head = ranking.top(k_from_percent(cfg.headline_pct, n_neurons))
+    means = ranking.extras.get("mean_m2")
+    plan += [
+        ("safety_two_model", cfg.headline_pct, None, patch(head, "two_model")),
+        ("zero_ablation", cfg.headline_pct, None, lambda: ablated_generate(m2, prompt_ids, head, mode="zero", **opts)),
+    ]
+    if means is not None:
+        plan.append(("mean_ablation", cfg.headline_pct, None,
+                     lambda: ablated_generate(m2, prompt_ids, head, mode="mean", means=means, **opts)))
+    done: dict[tuple[str, float, int | None], Arm] = {}
+    bar = tqdm(plan, desc="patching arms", unit="arm", disable=not progress)
+    for name, pct, seed, generate in bar:
+        bar.set_postfix_str(arm_id(name, pct, seed))
+        done[(name, pct, seed)] = run_arm(cfg, name, pct, seed, key, generate)
+    return Sweep(
+        m1=done[("m1", 0.0, None)], m1_plain=done[("m1_plain", 0.0, None)], m2=done[("m2", 100.0, None)],
+        all_neurons=done[("all", 100.0, None)],
+        safety={p: done[("safety", p, None)] for p in cfg.patch_k_pcts},
+        random={p: [done[("random", p, s)] for s in cfg.patch_random_seeds] for p in cfg.patch_k_pcts},
+        ablations={n: a for (n, _, _), a in done.items() if n.endswith("_ablation")},
+        two_model=done[("safety_two_model", cfg.headline_pct, None)],
+    )
