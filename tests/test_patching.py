@@ -246,6 +246,27 @@ def test_stop_strings_end_a_row_and_cut_the_text(m1, m2):
     assert out[row].text != full[row].text
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_stop_when_ends_rows_early_on_a_prefix_of_the_full_answer(m1, m2, scales, fast):
+    def run(**kw):
+        if fast:
+            return fast_patched_generate(m1, scales, PROMPTS, SUBSETS["half"], max_new_tokens=NEW, progress=False, **kw)
+        return patched_generate(m1, m2, PROMPTS, SUBSETS["half"], max_new_tokens=NEW, progress=False, **kw)
+
+    full = run()
+    # a verdict that cannot change once true (like a refusal phrase in the opening): a character seen
+    # in the middle of some answer has appeared
+    mark = next(g.text[i] for g in full for i in range(2, len(g.text) - 2) if len(g.completion_ids) == len(g.text))
+    verdict = lambda text: mark in text  # noqa: E731
+    early = run(stop_when=verdict)
+    assert any(len(e.completion_ids) < len(f.completion_ids) for e, f in zip(early, full))  # some rows did stop early
+    for e, f in zip(early, full):
+        assert f.completion_ids[: len(e.completion_ids)] == e.completion_ids  # the same tokens, up to the stop
+        assert verdict(e.text) == verdict(f.text)
+    with pytest.raises(ValueError, match="stop_when must be a function"):
+        run(stop_when="e")
+
+
 def test_ablation_equals_a_hooked_greedy_generation(m2):
     idx = [3, 17, 40]
     neurons = [(0, i) for i in idx] + [(1, 5)]

@@ -22,7 +22,7 @@ for the same prompt, and results do not depend on how prompts are batched.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -365,11 +365,13 @@ class _Options:
     top_p: float
     seed: int
     stop_strings: tuple[str, ...]
+    stop_when: Callable[[str], bool] | None
     progress: bool
     desc: str
 
 
-def _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc) -> _Options:
+def _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc,
+             stop_when=None) -> _Options:
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens and batch_size must be positive, got {max_new_tokens} and {batch_size}")
     if do_sample and not temperature > 0:
@@ -381,7 +383,9 @@ def _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, st
     stops = tuple(stop_strings)
     if any(not isinstance(s, str) or s == "" for s in stops):
         raise ValueError(f"stop strings must be non-empty strings, got {stops!r}")
-    return _Options(int(max_new_tokens), int(batch_size), bool(do_sample), float(temperature), float(top_p), int(seed), stops,
+    if stop_when is not None and not callable(stop_when):
+        raise ValueError(f"stop_when must be a function of the answer text so far, got {stop_when!r}")
+    return _Options(int(max_new_tokens), int(batch_size), bool(do_sample), float(temperature), float(top_p), int(seed), stops, stop_when,
                     bool(progress), desc)
 
 
@@ -460,8 +464,9 @@ def _run(runner, hf, tokenizer, prompts: list[list[int]], opts: _Options) -> lis
             out[active, step] = tok
             done = done | (tok[:, None] == eos_t).any(-1)
             n_steps = step + 1
-            if stops:
-                done = _check_stops(tok, active, done, texts_ids, host_done, end_step, step, eos_ids, tokenizer, stops)
+            if stops or opts.stop_when is not None:
+                done = _check_stops(tok, active, done, texts_ids, host_done, end_step, step, eos_ids, tokenizer, stops,
+                                    opts.stop_when)
             if step == opts.max_new_tokens - 1:
                 break
             n_done = int(done.sum())
@@ -480,13 +485,14 @@ def _run(runner, hf, tokenizer, prompts: list[list[int]], opts: _Options) -> lis
         for b, row in enumerate(rows):
             kept, stopped = truncate_at_eos(completions[b][: end_step[b] + 1], eos_ids)
             text, cut = _cut_at_stop(tokenizer.decode(kept, skip_special_tokens=True), stops)
-            results[row] = Generation(list(prompts[row]), kept, text, stopped or cut)
+            ended_early = end_step[b] < opts.max_new_tokens - 1  # a stop string or stop_when ended it
+            results[row] = Generation(list(prompts[row]), kept, text, stopped or cut or ended_early)
         bar.update(n)
     bar.close()
     return results  # type: ignore[return-value]
 
 
-def _check_stops(tok, active, done, texts_ids, host_done, end_step, step, eos_ids, tokenizer, stops):
+def _check_stops(tok, active, done, texts_ids, host_done, end_step, step, eos_ids, tokenizer, stops, stop_when=None):
     """Mark rows whose decoded text now contains a stop string (one host transfer per step)."""
     toks = tok.tolist()
     rows = active.tolist()
@@ -499,7 +505,7 @@ def _check_stops(tok, active, done, texts_ids, host_done, end_step, step, eos_id
             continue
         texts_ids[row].append(t)
         text = tokenizer.decode(texts_ids[row], skip_special_tokens=True)
-        if any(s in text for s in stops):
+        if any(s in text for s in stops) or (stop_when is not None and stop_when(text)):
             host_done[row] = True
             end_step[row] = step
             newly.append(b)
@@ -531,6 +537,7 @@ def patched_generate(
     top_p: float = 1.0,
     seed: int = 0,
     stop_strings: Sequence[str] = (),
+    stop_when: Callable[[str], bool] | None = None,
     progress: bool = True,
     desc: str = "patched generate",
 ) -> list[Generation]:
@@ -540,9 +547,11 @@ def patched_generate(
     ((layer, index) pairs) replace M1's at all prompt positions at prefill and at the new position
     afterwards. An empty neuron list gives plain M1 through the same loop. Results in the caller's
     order; `stopped` is True when an EOS or a stop string ended the answer (the text is cut before
-    the stop string; completion_ids keep the tokens generated up to it).
+    the stop string; completion_ids keep the tokens generated up to it). `stop_when(text)` ends a row
+    as soon as it returns True for the answer so far (text kept): e.g. once a judge's verdict can no
+    longer change, the rest of the answer is not worth generating.
     """
-    opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc)
+    opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc, stop_when)
     prompts = _check_prompts(prompt_ids)
     shape1, shape2 = model_shape(m1), model_shape(m2)
     if shape1 != shape2:
@@ -578,6 +587,7 @@ def fast_patched_generate(
     top_p: float = 1.0,
     seed: int = 0,
     stop_strings: Sequence[str] = (),
+    stop_when: Callable[[str], bool] | None = None,
     progress: bool = True,
     desc: str = "patched generate (fast)",
 ) -> list[Generation]:
@@ -588,7 +598,7 @@ def fast_patched_generate(
     [0, B) are M1, [B, 2B) are M2, both fed the patched M1's tokens; a hook on every layer's hook_post
     scales the M2 half and copies the chosen neurons from the M2 half into the M1 half.
     """
-    opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc)
+    opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc, stop_when)
     prompts = _check_prompts(prompt_ids)
     shape = model_shape(base)
     pairs = as_neuron_list(neurons, shape.n_layers, shape.d_mlp)
@@ -627,6 +637,7 @@ def ablated_generate(
     top_p: float = 1.0,
     seed: int = 0,
     stop_strings: Sequence[str] = (),
+    stop_when: Callable[[str], bool] | None = None,
     progress: bool = True,
     desc: str = "ablated generate",
 ) -> list[Generation]:
@@ -637,7 +648,7 @@ def ablated_generate(
         raise ValueError(f"unknown ablation mode {mode!r}; use 'zero' or 'mean'")
     if mode == "mean" and means is None:
         raise ValueError("mode='mean' needs `means`: {layer: d_mlp mean activations} or an array aligned with the neurons")
-    opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc)
+    opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc, stop_when)
     prompts = _check_prompts(prompt_ids)
     shape = model_shape(m2)
     hf, device = hf_and_device(m2)

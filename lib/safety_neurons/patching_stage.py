@@ -62,6 +62,13 @@ class Arm:
         return self.n_tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
+def refused_already(text: str) -> bool:
+    """True once the answer so far holds a refusal phrase in its opening: the phrase judge's verdict is final."""
+    from .judge import phrase_verdict
+
+    return phrase_verdict(text).refused
+
+
 def arm_id(name: str, k_pct: float, seed: int | None) -> str:
     return f"{name}-k{pct_label(k_pct)}" + ("" if seed is None else f"-s{seed}")
 
@@ -214,30 +221,36 @@ def run_sweep(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[l
     opts = dict(max_new_tokens=cfg.eval_tokens, batch_size=cfg.batch_size, progress=False)
     scales = ia3_neuron_scales(adapter, ranking.n_layers, d_mlp, base=m1) if cfg.patch_path == "fast" else None
 
-    def patch(neurons, path: str = cfg.patch_path) -> Callable[[], list[Generation]]:
+    # Rows whose opening already holds a refusal phrase stop there: the judge's verdict cannot change
+    # any more (it only looks for phrases in the opening), so the rest is not worth generating. The
+    # arms that are compared token for token (M1, all neurons, the headline k on both paths) run in full.
+    early = dict(opts, stop_when=refused_already)
+
+    def patch(neurons, path: str = cfg.patch_path, full: bool = False) -> Callable[[], list[Generation]]:
+        kw = opts if full else early
         if path == "fast":
-            return lambda: fast_patched_generate(m1, scales, prompt_ids, neurons, **opts)
-        return lambda: patched_generate(m1, m2, prompt_ids, neurons, **opts)
+            return lambda: fast_patched_generate(m1, scales, prompt_ids, neurons, **kw)
+        return lambda: patched_generate(m1, m2, prompt_ids, neurons, **kw)
 
     plan: list[tuple[str, float, int | None, Callable[[], list[Generation]]]] = [
-        ("m1", 0.0, None, patch([])),
+        ("m1", 0.0, None, patch([], full=True)),
         ("m1_plain", 0.0, None, lambda: greedy_generate(m1, prompt_ids, **opts)),
         ("m2", 100.0, None, lambda: greedy_generate(m2, prompt_ids, **opts)),
-        ("all", 100.0, None, patch(ranking.top(n_neurons))),
+        ("all", 100.0, None, patch(ranking.top(n_neurons), full=True)),
     ]
     for pct in cfg.patch_k_pcts:
         top = ranking.top(k_from_percent(pct, n_neurons))
-        plan.append(("safety", pct, None, patch(top)))
+        plan.append(("safety", pct, None, patch(top, full=pct == cfg.headline_pct)))
         plan += [("random", pct, s, patch(random_neurons(top, d_mlp, s))) for s in cfg.patch_random_seeds]
     head = ranking.top(k_from_percent(cfg.headline_pct, n_neurons))
     means = ranking.extras.get("mean_m2")
     plan += [
-        ("safety_two_model", cfg.headline_pct, None, patch(head, "two_model")),
-        ("zero_ablation", cfg.headline_pct, None, lambda: ablated_generate(m2, prompt_ids, head, mode="zero", **opts)),
+        ("safety_two_model", cfg.headline_pct, None, patch(head, "two_model", full=True)),
+        ("zero_ablation", cfg.headline_pct, None, lambda: ablated_generate(m2, prompt_ids, head, mode="zero", **early)),
     ]
     if means is not None:
         plan.append(("mean_ablation", cfg.headline_pct, None,
-                     lambda: ablated_generate(m2, prompt_ids, head, mode="mean", means=means, **opts)))
+                     lambda: ablated_generate(m2, prompt_ids, head, mode="mean", means=means, **early)))
     done: dict[tuple[str, float, int | None], Arm] = {}
     bar = tqdm(plan, desc="patching arms", unit="arm", disable=not progress)
     for name, pct, seed, generate in bar:
