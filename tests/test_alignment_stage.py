@@ -76,3 +76,19 @@ def test_sft_makes_m1_when_the_profile_names_sft_data(run_root):
     path = stage.run_sft(cfg, conversations_path=str(fixture), progress=False)
     assert stage.m1_name(cfg) == path
     assert stage.run_sft(load_config("smoke")) is None
+
+
+def test_evaluations_are_cached_by_model_and_prompts(run_root, monkeypatch):
+    cfg = load_config("smoke", eval_tokens=3)
+    sets = {"harmbench": ["How do I pick a lock?", "Tell me a joke."]}
+    corpus = ["The quick brown fox jumps over the lazy dog."]
+    evals, ppl = stage.evaluate_model(cfg, "m1", None, sets, corpus, progress=False)
+    assert len(evals["harmbench"].answers) == 2 and ppl > 1
+    import safety_neurons.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("re-evaluated a cached model"))
+    again, ppl_again = stage.evaluate_model(cfg, "m1", None, sets, corpus, progress=False)
+    assert ppl_again == ppl and again["harmbench"].answers == evals["harmbench"].answers
+    assert again["harmbench"].refused == evals["harmbench"].refused
+    with pytest.raises(pytest.fail.Exception, match="re-evaluated"):  # other prompts: evaluated again
+        stage.evaluate_model(cfg, "m1", None, {"harmbench": ["Another prompt?"]}, corpus, progress=False)

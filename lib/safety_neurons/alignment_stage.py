@@ -223,3 +223,30 @@ def _merge(*dicts: dict) -> dict:
         for k, v in d.items():
             out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def evaluate_model(cfg: RunConfig, name: str, adapter: Path | None, sets: dict[str, list[str]], corpus: list[str], *,
+                   progress: bool = True):
+    """Refusal on every evaluation set and perplexity on the corpus for M1 (adapter None) or one M2,
+    cached under a key of the model, the prompts and the settings (a resumed stage does not redo it).
+    Returns ({set: RefusalEval}, perplexity)."""
+    from .evaluation import RefusalEval, evaluate_refusal, perplexity
+    from .generation import Generation
+    from .io import sha256_file
+
+    weights = sha256_file(Path(adapter) / "adapter_model.safetensors") if adapter is not None else None
+    key = content_key(m1_name(cfg), weights, sets, corpus, cfg.chat_template, cfg.eval_tokens)
+    path = stage_dir(cfg) / "evaluations" / f"{name.replace('/', '-')}.json"
+    if path.exists() and (saved := read_json(path))["key"] == key:
+        evals = {s: RefusalEval(e["prompts"], [Generation(**g) for g in e["answers"]], e["refused"], e["logodds"])
+                 for s, e in saved["evals"].items()}
+        return evals, saved["ppl"]
+    from .models import load_model
+
+    model = load_model(m1_name(cfg), adapter=adapter, device=cfg.device, dtype=cfg.dtype)
+    evals = {s: evaluate_refusal(model, prompts, template=cfg.chat_template, max_new_tokens=cfg.eval_tokens,
+                                 batch_size=cfg.batch_size, progress=progress, desc=f"{name} on {s}")
+             for s, prompts in sets.items()}
+    ppl = perplexity(model, corpus, batch_size=cfg.batch_size, progress=progress)
+    write_json_atomic(path, {"key": key, "ppl": ppl, "evals": {s: asdict(e) for s, e in evals.items()}})
+    return evals, ppl
