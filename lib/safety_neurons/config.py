@@ -60,8 +60,10 @@ class RunConfig:
     # DPO + NLL to 79% in half the steps. The paper profile keeps pure DPO.
     dpo_sft_weight: float = 1.0
     # KL(M1 || M2) on general text (the text corpus's alignment split) added to each DPO step, so that
-    # aligning does not cost general language modelling; 0 = none (the paper).
-    dpo_retain_weight: float = 0.0
+    # aligning does not cost general language modelling; 0 = none (the paper). Measured on the embedded
+    # model (seed 0, 60 steps): perplexity +19% without it, +6% at weight 1, +2% at weight 5, refusals
+    # of held-out HarmBench prompts 0.98-1.00 in all three.
+    dpo_retain_weight: float = 5.0
     dpo_adam_epsilon: float = 1e-8
     # Neuron finding (stage 02): harmful prompts of the finding splits (None: all), and the positions
     # change scores are computed over: completion (the paper's), prompt or prompt_last.
@@ -161,6 +163,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         dpo_learning_rate=5e-3,
         dpo_epochs=1.0,
         dpo_sft_weight=0.0,
+        dpo_retain_weight=0.0,
         eval_prompts=None,
         eval_tokens=128,
         ppl_texts=256,
