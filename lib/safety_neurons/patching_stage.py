@@ -251,6 +251,13 @@ def run_sweep(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[l
     if means is not None:
         plan.append(("mean_ablation", cfg.headline_pct, None,
                      lambda: ablated_generate(m2, prompt_ids, head, mode="mean", means=means, **early)))
+    # The headline arms first (M1, M2, the headline k, its random seeds, the two-model check, all
+    # neurons): an interrupted sweep has the central numbers before the rest of the k grid.
+    def priority(item) -> int:
+        name, pct = item[0], item[1]
+        return 0 if name in ("m1", "m1_plain", "m2") else 1 if pct == cfg.headline_pct else 2 if name == "all" else 3
+
+    plan.sort(key=priority)
     done: dict[tuple[str, float, int | None], Arm] = {}
     bar = tqdm(plan, desc="patching arms", unit="arm", disable=not progress)
     for name, pct, seed, generate in bar:
