@@ -232,10 +232,9 @@ def evaluate_model(cfg: RunConfig, name: str, adapter: Path | None, sets: dict[s
     Returns ({set: RefusalEval}, perplexity)."""
     from .evaluation import RefusalEval, evaluate_refusal, perplexity
     from .generation import Generation
-    from .io import sha256_file
+    from .models import adapter_digest
 
-    weights = sha256_file(Path(adapter) / "adapter_model.safetensors") if adapter is not None else None
-    key = content_key(m1_name(cfg), weights, sets, corpus, cfg.chat_template, cfg.eval_tokens)
+    key = content_key(m1_name(cfg), adapter_digest(adapter), sets, corpus, cfg.chat_template, cfg.eval_tokens)
     path = stage_dir(cfg) / "evaluations" / f"{name.replace('/', '-')}.json"
     if path.exists() and (saved := read_json(path))["key"] == key:
         evals = {s: RefusalEval(e["prompts"], [Generation(**g) for g in e["answers"]], e["refused"], e["logodds"])

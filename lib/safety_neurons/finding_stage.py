@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from .alignment_stage import round_robin
+from .alignment_stage import m1_name, round_robin
 from .change_scores import NeuronRanking, activation_variance, change_scores, mean_difference
 from .config import RunConfig
 from .data import load_split
 from .generation import Generation
-from .io import atomic_path, content_key, read_json, sha256_file, write_json_atomic
+from .io import atomic_path, content_key, read_json, write_json_atomic
+from .models import adapter_digest
 
 STAGE = "02_change_scores"
 BASELINES = ("mean_difference", "activation_variance")
@@ -56,19 +57,13 @@ def m1_generations(cfg: RunConfig, m1, prompt_ids: list[list[int]], *, progress:
     from .generation import greedy_generate
 
     path = stage_dir(cfg) / "m1_generations.json"
-    key = content_key(m1_name_of(cfg), cfg.max_new_tokens, prompt_ids)
+    key = content_key(m1_name(cfg), cfg.max_new_tokens, prompt_ids)
     if path.exists() and (cached := read_json(path))["key"] == key:
         return [Generation(**g) for g in cached["generations"]]
     generations = greedy_generate(m1, prompt_ids, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                                   progress=progress, desc="M1 generates")
     write_json_atomic(path, {"key": key, "generations": [asdict(g) for g in generations]})
     return generations
-
-
-def m1_name_of(cfg: RunConfig) -> str:
-    from .alignment_stage import m1_name
-
-    return m1_name(cfg)
 
 
 def pair_scores(cfg: RunConfig, m1, m2, adapter: Path, generations: list[Generation], objective: str, seed: int, *,
@@ -78,8 +73,7 @@ def pair_scores(cfg: RunConfig, m1, m2, adapter: Path, generations: list[Generat
     import time
 
     path = ranking_path(cfg, objective, seed)
-    key = content_key([asdict(g) for g in generations], sha256_file(Path(adapter) / "adapter_model.safetensors"),
-                      cfg.finding_token_type)
+    key = content_key([asdict(g) for g in generations], adapter_digest(adapter), cfg.finding_token_type)
     if path.exists() and (cached := NeuronRanking.load(path)).meta.get("key") == key:
         return cached, cached.meta["seconds"]
     start = time.perf_counter()
@@ -87,7 +81,7 @@ def pair_scores(cfg: RunConfig, m1, m2, adapter: Path, generations: list[Generat
                            generations=generations, batch_size=cfg.batch_size, progress=progress)
     seconds = time.perf_counter() - start
     ranking = result.ranking
-    ranking.meta |= {"m1": m1_name_of(cfg), "objective": objective, "seed": seed, "seconds": seconds, "key": key}
+    ranking.meta |= {"m1": m1_name(cfg), "objective": objective, "seed": seed, "seconds": seconds, "key": key}
     table = ranking.table(top_count(ranking))
     with atomic_path(path.with_name("top_neurons.parquet"), suffix=".parquet") as tmp:
         table.to_parquet(tmp, index=False)
@@ -100,8 +94,7 @@ def baseline_ranking(cfg: RunConfig, method: str, model, adapter: Path | None, h
     """A training-free ranking of `model` (M1, or M1 with `adapter` folded in), read at every prompt
     token; cached under a key of the model and the prompts."""
     path = ranking_path(cfg, method=method)
-    weights = sha256_file(Path(adapter) / "adapter_model.safetensors") if adapter is not None else None
-    key = content_key(m1_name_of(cfg), weights, harmful_ids, benign_ids)
+    key = content_key(m1_name(cfg), adapter_digest(adapter), harmful_ids, benign_ids)
     if path.exists() and (cached := NeuronRanking.load(path)).meta.get("key") == key:
         return cached
     if method == "mean_difference":
@@ -110,7 +103,7 @@ def baseline_ranking(cfg: RunConfig, method: str, model, adapter: Path | None, h
         ranking = activation_variance(model, harmful_ids + benign_ids, batch_size=cfg.batch_size, progress=progress)
     else:
         raise ValueError(f"unknown baseline {method!r}; use one of {', '.join(BASELINES)}")
-    ranking.meta |= {"model": m1_name_of(cfg), "adapter": str(adapter) if adapter else None, "key": key}
+    ranking.meta |= {"model": m1_name(cfg), "adapter": str(adapter) if adapter else None, "key": key}
     ranking.save(path)
     return ranking
 

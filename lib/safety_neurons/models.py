@@ -154,6 +154,22 @@ def write_base_fingerprint(adapter_dir: str | Path, base_model, base_name: str) 
     write_json_atomic(Path(adapter_dir) / BASE_FINGERPRINT, {"base": base_name, "fingerprint": base_fingerprint(base_model)})
 
 
+def adapter_weights_path(adapter_dir: str | Path) -> Path:
+    """The adapter's weights file (safetensors, else PEFT's older .bin)."""
+    path = Path(adapter_dir).expanduser()
+    weights = next((path / w for w in ADAPTER_WEIGHTS if (path / w).exists()), None)
+    if weights is None:
+        raise ModelLoadError(f"{path} has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}); was training interrupted?")
+    return weights
+
+
+def adapter_digest(adapter_dir: str | Path | None) -> str | None:
+    """sha256 of an adapter's weights (None for no adapter): what cached artifacts of a model are keyed by."""
+    from .io import sha256_file
+
+    return None if adapter_dir is None else sha256_file(adapter_weights_path(adapter_dir))
+
+
 def read_ia3_adapter(adapter_dir: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The adapter's config and its (IA)^3 vectors, with clear errors for anything else."""
     path = Path(adapter_dir).expanduser()
@@ -165,9 +181,7 @@ def read_ia3_adapter(adapter_dir: str | Path) -> tuple[dict[str, Any], dict[str,
     config = json.loads(cfg_path.read_text())
     if config.get("peft_type") != "IA3":
         raise ModelLoadError(f"adapter {path} is {config.get('peft_type')!r}, not IA3: this study patches (IA)^3-scaled neurons")
-    weights = next((path / w for w in ADAPTER_WEIGHTS if (path / w).exists()), None)
-    if weights is None:
-        raise ModelLoadError(f"{path} has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}); was training interrupted?")
+    weights = adapter_weights_path(path)
     if weights.suffix == ".safetensors":
         from safetensors.torch import load_file
 

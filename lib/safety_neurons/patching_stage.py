@@ -19,7 +19,7 @@ import numpy as np
 from .config import RunConfig
 from .data import load_split
 from .generation import Generation
-from .io import content_key, read_json, sha256_file, write_json_atomic
+from .io import content_key, read_json, write_json_atomic
 from .judge import PHRASE_JUDGE, refusal_judge
 
 STAGE = "03_dynamic_patching"
@@ -92,7 +92,9 @@ def run_arm(cfg: RunConfig, name: str, k_pct: float, seed: int | None, key: str,
 
 def sweep_key(cfg: RunConfig, prompt_ids: list[list[int]], adapter: Path, ranking_key: str) -> str:
     """What every arm depends on: prompts, M2's weights, the ranking, generation length, the path."""
-    return content_key(prompt_ids, sha256_file(Path(adapter) / "adapter_model.safetensors"), ranking_key,
+    from .models import adapter_digest
+
+    return content_key(prompt_ids, adapter_digest(adapter), ranking_key,
                        cfg.eval_tokens, cfg.patch_path)
 
 
