@@ -133,19 +133,11 @@ def train_dpo(
 
 def retain_batches(tokenizer, texts: list[str], batch_size: int, max_tokens: int) -> list[dict[str, torch.Tensor]]:
     """Right-padded batches of general text (input_ids, attention_mask), each text cut to max_tokens."""
-    from .generation import pad_token_id
+    from .generation import encode_texts, pad_token_id, right_pad
 
-    encoded = [e for e in (tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts) if len(e) >= 2]
-    batches = []
-    for start in range(0, len(encoded), batch_size):
-        rows = encoded[start:start + batch_size]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_token_id(tokenizer), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
-        batches.append({"input_ids": ids, "attention_mask": mask})
-    return batches
+    encoded = encode_texts(tokenizer, texts, max_tokens)
+    batches = [right_pad(encoded[start:start + batch_size], pad_token_id(tokenizer)) for start in range(0, len(encoded), batch_size)]
+    return [{"input_ids": ids, "attention_mask": mask} for ids, mask in batches]
 
 
 def retain_kl(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

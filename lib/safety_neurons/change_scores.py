@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from .generation import Generation, greedy_generate, hf_and_device, left_pad, pad_token_id
+from .generation import Generation, greedy_generate, hf_and_device, left_pad, pad_token_id, position_ids
 
 TOKEN_TYPES = ("completion", "prompt", "prompt_last")
 
@@ -198,9 +198,8 @@ def teacher_forced(bridge, ids: torch.Tensor, mask: torch.Tensor, select: torch.
         return hook
 
     hooks = [(name, hook_for(layer)) for layer, name in enumerate(neuron_hook_names(n_layers))]
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     with bridge.hooks(fwd_hooks=hooks):
-        hf(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device), use_cache=False)
+        hf(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device), use_cache=False)
 
 
 def _sequences(generations: list[Generation], token_type: str) -> tuple[list[list[int]], list[int]]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .generation import Generation, answer_prompts, hf_and_device, pad_token_id
+from .generation import Generation, answer_prompts, encode_texts, hf_and_device, pad_token_id, right_pad
 from .judge import refusal_judge, refusal_logodds
 
 
@@ -44,17 +44,10 @@ def perplexity(bridge, texts: list[str], *, batch_size: int = 8, max_tokens: int
     tokenizer = bridge.tokenizer
     hf, device = hf_and_device(bridge)
     pad_id = pad_token_id(tokenizer)
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
-    encoded = [e for e in encoded if len(e) >= 2]
+    encoded = encode_texts(tokenizer, texts, max_tokens)
     total_nll, total_tokens = 0.0, 0
     for start in tqdm(range(0, len(encoded), batch_size), desc="perplexity", disable=not progress):
-        batch = encoded[start : start + batch_size]
-        width = max(len(e) for e in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, e in enumerate(batch):  # right padding: positions stay the same as unpadded
-            ids[i, : len(e)] = torch.tensor(e)
-            mask[i, : len(e)] = 1
+        ids, mask = right_pad(encoded[start : start + batch_size], pad_id)
         logits = hf(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         target = ids[:, 1:].to(device)

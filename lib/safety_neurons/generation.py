@@ -58,6 +58,29 @@ def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def right_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), right-padded to the longest row: positions stay those of the unpadded text."""
+    width = max(len(row) for row in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, row in enumerate(batch):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count real tokens only (left padding does not shift them), as HF generate does."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def encode_texts(tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
+    """Plain text (no template) as ids, each cut to max_tokens; texts of fewer than 2 tokens are dropped
+    (they have no next token to predict)."""
+    encoded = (tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts)
+    return [e for e in encoded if len(e) >= 2]
+
+
 def truncate_at_eos(ids: list[int], eos_ids: list[int]) -> tuple[list[int], bool]:
     for pos, tok in enumerate(ids):
         if tok in eos_ids:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .generation import Generation, eos_token_ids, hf_and_device, left_pad, truncate_at_eos
+from .generation import Generation, eos_token_ids, hf_and_device, left_pad, position_ids, truncate_at_eos
 from .models import ModelLoadError, check_adapter_base, IA3_KEY, as_name_list, model_shape, read_ia3_adapter
 
 Neuron = tuple[int, int]
@@ -444,7 +444,7 @@ def _run(runner, hf, tokenizer, prompts: list[list[int]], opts: _Options) -> lis
         n = len(rows)
         ids, mask = left_pad([prompts[i] for i in rows], pad_id)
         ids, mask = ids.to(device), mask.to(device)
-        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        pos = position_ids(mask)
         next_pos = pos[:, -1:] + 1
         u = None
         if opts.do_sample:
