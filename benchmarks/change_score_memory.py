@@ -46,26 +46,6 @@ def measure(model: str, adapter: str, n_prompts: int, tokens: int, batch_size: i
             "peak_mib": peak, "added_peak_mib": peak - max(before, peak_before)}
 
 
-def random_adapter(model: str, out: str) -> str:
-    """An (IA)^3 adapter on down_proj with scales 1 + 0.1 N(0, 1), for when no trained one is given."""
-    import torch
-    from peft import get_peft_model
-
-    from safety_neurons.alignment import ia3_mlp_config
-    from safety_neurons.models import load_hf_model, write_base_fingerprint
-
-    base, _ = load_hf_model(model)
-    peft_model = get_peft_model(base, ia3_mlp_config())
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "ia3_l" in name:
-                param.copy_(1 + 0.1 * torch.randn(param.shape, generator=gen))
-    peft_model.save_pretrained(out)
-    write_base_fingerprint(out, peft_model.get_base_model(), model)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -78,8 +58,10 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(measure(args.model, args.adapter, args.child, args.tokens, args.batch_size)))
         return
+    from safety_neurons.alignment import random_ia3_adapter
+
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = args.adapter or random_adapter(args.model, tmp)
+        adapter = args.adapter or str(random_ia3_adapter(args.model, tmp))
         rows = []
         for n in (args.prompts, 4 * args.prompts):
             cmd = [sys.executable, __file__, "--model", args.model, "--adapter", adapter, "--tokens", str(args.tokens),

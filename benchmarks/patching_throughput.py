@@ -38,26 +38,6 @@ FALLBACK_PROMPTS = [
 ]
 
 
-def random_adapter(model_name: str, out: Path, seed: int = 0) -> Path:
-    """An MLP-neuron (IA)^3 adapter with scales 1 + 0.1 N(0, 1), saved to `out`."""
-    from peft import get_peft_model
-
-    from safety_neurons.alignment import ia3_mlp_config
-    from safety_neurons.models import load_hf_model, write_base_fingerprint
-
-    base, _ = load_hf_model(model_name)
-    peft_model = get_peft_model(base, ia3_mlp_config())
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "ia3_l" in name:
-                param.copy_(1 + 0.1 * torch.randn(param.shape, generator=gen))
-    peft_model.save_pretrained(out)
-    write_base_fingerprint(out, peft_model.get_base_model(), model_name)
-    del peft_model, base
-    return out
-
-
 def prompt_ids(tokenizer, n: int) -> tuple[list[list[int]], str]:
     from safety_neurons.chat import encode_prompts
 
@@ -101,12 +81,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from safety_neurons.alignment import random_ia3_adapter
     from safety_neurons.generation import greedy_generate
     from safety_neurons.models import load_model, model_shape
     from safety_neurons.patching import fast_patched_generate, ia3_neuron_scales, k_from_percent, patched_generate
 
     with tempfile.TemporaryDirectory() as tmp:
-        adapter = Path(args.adapter) if args.adapter else random_adapter(args.model, Path(tmp) / "ia3", seed=args.seed)
+        adapter = Path(args.adapter) if args.adapter else random_ia3_adapter(args.model, Path(tmp) / "ia3", seed=args.seed)
         m1 = load_model(args.model, device=args.device, dtype=args.dtype)
         m2 = load_model(args.model, adapter=adapter, device=args.device, dtype=args.dtype)
         shape = model_shape(m1)

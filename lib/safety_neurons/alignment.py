@@ -77,6 +77,25 @@ def use_bf16(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
+def random_ia3_adapter(base_model_name: str, out: str | Path, *, seed: int = 0, spread: float = 0.1) -> Path:
+    """An untrained MLP-neuron (IA)^3 adapter with scales 1 + spread * N(0, 1), saved (with its base
+    fingerprint) to `out`: a stand-in M2 for benchmarks when no trained one is at hand."""
+    from peft import get_peft_model
+
+    from .models import load_hf_model, write_base_fingerprint
+
+    base, _ = load_hf_model(base_model_name)
+    peft_model = get_peft_model(base, ia3_mlp_config())
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "ia3_l" in name:
+                param.copy_(1 + spread * torch.randn(param.shape, generator=gen))
+    peft_model.save_pretrained(out)
+    write_base_fingerprint(out, peft_model.get_base_model(), base_model_name)
+    return Path(out)
+
+
 def adapter_done(out_dir: str | Path) -> bool:
     return (Path(out_dir) / ADAPTER_DIRNAME / TRAIN_LOG).exists()
 
