@@ -113,6 +113,11 @@ def mean_over_seeds(arms: list[Arm]) -> np.ndarray:
     return np.mean([a.score for a in arms], axis=0)
 
 
+def effect_defined(m1: Arm, m2: Arm) -> bool:
+    """C has a denominator only when M2 scores differently from M1."""
+    return m2.score.mean() != m1.score.mean()
+
+
 def effect_table(cfg: RunConfig, m1: Arm, m2: Arm, safety: dict[float, Arm], random: dict[float, list[Arm]]):
     """Per k: safety score and causal effect C with bootstrap 95% intervals, for both arms,
     and the paired test of safety vs random neurons on the same prompts."""
@@ -120,7 +125,7 @@ def effect_table(cfg: RunConfig, m1: Arm, m2: Arm, safety: dict[float, Arm], ran
 
     from .stats import bootstrap_causal_effect, paired_test
 
-    defined = m2.score.mean() != m1.score.mean()
+    defined = effect_defined(m1, m2)
     if not defined:
         import warnings
 
@@ -173,7 +178,7 @@ def patching_metrics(cfg: RunConfig, effects, sweep: "Sweep", seconds: float) ->
     five = at_pct(effects, cfg.headline_pct)
     metrics["C"]["safety"]["at_5pct"] = five["C_safety"]
     metrics["C"]["random"]["at_5pct"] = five["C_random"]
-    defined = m2.score.mean() != m1.score.mean()
+    defined = effect_defined(m1, m2)
     metrics["C"]["all_neurons"] = causal_effect(all_arm.score.mean(), m1.score.mean(), m2.score.mean()) if defined else math.nan
     metrics["pvalue"] = {"at_5pct": five["pvalue"]}
     metrics["k_pct_for_C90"] = smallest_k(effects)
