@@ -39,3 +39,23 @@ def test_empty_prompt_list_is_an_error():
     bridge = to_bridge(tiny_model("llama"), tiny_tokenizer())
     with pytest.raises(ValueError, match="empty"):
         greedy_generate(bridge, [], max_new_tokens=3)
+
+
+def test_stop_when_cuts_each_row_at_the_first_token_that_makes_it_true():
+    bridge = to_bridge(tiny_model("llama"), tiny_tokenizer())
+    prompts = ["a much longer prompt than the others", "hi", "medium prompt", "x"]
+    full = answer_prompts(bridge, prompts, max_new_tokens=8, batch_size=4, progress=False)
+    ids = [g.prompt_ids for g in full]
+    tok = bridge.tokenizer
+
+    def stop(text: str) -> bool:
+        return len(text) >= 3
+
+    cut = greedy_generate(bridge, ids, max_new_tokens=8, batch_size=4, progress=False, stop_when=stop)
+    for f, c in zip(full, cut):
+        # the shortest prefix of the full answer (before any EOS) whose text satisfies stop_when, else the full answer
+        n = next((n for n in range(1, len(f.completion_ids) + 1)
+                  if f.completion_ids[n - 1] != 2 and stop(tok.decode(f.completion_ids[:n], skip_special_tokens=True))), None)
+        assert c.completion_ids == (f.completion_ids if n is None else f.completion_ids[:n])
+        assert c.stopped == (f.stopped or n is not None)
+    assert any(len(c.completion_ids) < len(f.completion_ids) for f, c in zip(full, cut))

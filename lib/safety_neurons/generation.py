@@ -8,6 +8,7 @@ prompt positions, later steps one position with the KV cache).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -97,8 +98,12 @@ def greedy_generate(
     batch_size: int = 16,
     progress: bool = True,
     desc: str = "generate",
+    stop_when: Callable[[str], bool] | None = None,
 ) -> list[Generation]:
-    """Greedy answers for already-encoded prompts, batched with left padding and per-row EOS."""
+    """Greedy answers for already-encoded prompts, batched with left padding and per-row EOS.
+
+    `stop_when(text)` ends a row as soon as it holds for the answer so far (that token kept, nothing
+    after it), as the patched generators' option of the same name does; a batch ends once every row has."""
     if len(prompt_ids) == 0:
         raise ValueError("no prompts to generate from: the prompt set is empty")
     if max_new_tokens < 1 or batch_size < 1:
@@ -113,6 +118,7 @@ def greedy_generate(
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         ids, mask = left_pad([prompt_ids[i] for i in rows], pad_id)
+        stopper = None if stop_when is None else _TextStop(tokenizer, stop_when, ids.shape[1], eos_ids)
         out = hf.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -124,15 +130,38 @@ def greedy_generate(
             temperature=None,
             top_p=None,
             top_k=None,
+            **({} if stopper is None else {"stopping_criteria": [stopper]}),
         )
         new = out[:, ids.shape[1] :].tolist()
-        for row, completion in zip(rows, new):
-            kept, stopped = truncate_at_eos(completion, eos_ids)
+        for b, (row, completion) in enumerate(zip(rows, new)):
+            cut = None if stopper is None or stopper.kept is None else stopper.kept[b]
+            kept, stopped = truncate_at_eos(completion[:cut], eos_ids)
             text = tokenizer.decode(kept, skip_special_tokens=True)
-            results[row] = Generation(list(prompt_ids[row]), kept, text, stopped)
+            results[row] = Generation(list(prompt_ids[row]), kept, text, stopped or cut is not None)
         bar.update(len(rows))
     bar.close()
     return results  # type: ignore[return-value]
+
+
+class _TextStop:
+    """A per-row stopping criterion for HF generate: a row is done once `stop_when` holds for its decoded
+    answer; `kept[b]` is then how many new tokens it keeps (None: it was not stopped this way)."""
+
+    def __init__(self, tokenizer, stop_when: Callable[[str], bool], prompt_width: int, eos_ids: list[int]):
+        self.tokenizer, self.stop_when, self.prompt_width, self.eos_ids = tokenizer, stop_when, prompt_width, eos_ids
+        self.kept: list[int | None] | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        new = input_ids[:, self.prompt_width :].tolist()
+        if self.kept is None:
+            self.kept = [None] * len(new)
+        done = []
+        for b, row in enumerate(new):
+            if self.kept[b] is None and not any(t in self.eos_ids for t in row):
+                if self.stop_when(self.tokenizer.decode(row, skip_special_tokens=True)):
+                    self.kept[b] = len(row)
+            done.append(self.kept[b] is not None)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def answer_prompts(bridge, prompts: list[str], *, template: str = "auto", max_new_tokens: int, batch_size: int = 16,
