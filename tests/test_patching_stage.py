@@ -33,6 +33,40 @@ def test_run_arm_judges_saves_and_resumes_by_key(run_root):
     assert again == first and len(calls) == 1  # resumed from disk
     stage.run_arm(cfg, "safety", 5.0, None, "key-b", generate)
     assert len(calls) == 2  # another ranking/adapter/prompt set: recomputed
+    renamed = stage.run_arm(cfg, "random", 7.5, 3, "key-a", generate)  # another stage asking for the same generation
+    assert len(calls) == 2 and (renamed.name, renamed.k_pct, renamed.seed) == ("random", 7.5, 3)
+    assert renamed.answers == first.answers
+
+
+def test_an_early_stopped_arm_serves_early_requests_only(run_root):
+    cfg = load_config("smoke")
+    calls = []
+
+    def generate():
+        calls.append(1)
+        return [Generation([1], [2], "I'm sorry", True)]
+
+    stage.run_arm(cfg, "m2", 100.0, None, "k", generate, early=True)
+    stage.run_arm(cfg, "m2", 100.0, None, "k", generate, early=True)
+    assert len(calls) == 1
+    stage.run_arm(cfg, "m2", 100.0, None, "k", generate)  # full answers asked for: regenerated
+    assert len(calls) == 2
+    stage.run_arm(cfg, "m2", 100.0, None, "k", generate, early=True)  # a full arm serves an early request
+    stage.run_arm(cfg, "m2", 100.0, None, "k", generate)
+    assert len(calls) == 2
+
+
+def test_arm_keys_tell_methods_models_neurons_and_prompts_apart(run_root):
+    cfg = load_config("smoke")
+    ids = [[1, 2, 3]]
+    base = stage.arm_key(cfg, ids, "fast", "d", [(0, 1)])
+    assert base == stage.arm_key(cfg, ids, "fast", "d", [[0, 1]])  # pairs as tuples or lists
+    others = [stage.arm_key(cfg, ids, "two_model", "d", [(0, 1)]), stage.arm_key(cfg, ids, "fast", "e", [(0, 1)]),
+              stage.arm_key(cfg, ids, "fast", "d", [(0, 2)]), stage.arm_key(cfg, [[1, 2]], "fast", "d", [(0, 1)]),
+              stage.arm_key(load_config("smoke", eval_tokens=7), ids, "fast", "d", [(0, 1)])]
+    assert len({base, *others}) == 6
+    with pytest.raises(ValueError, match="unknown arm method"):
+        stage.arm_key(cfg, ids, "fastest", "d")
 
 
 def sweep_fixture():

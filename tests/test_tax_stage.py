@@ -60,8 +60,9 @@ def test_tax_arms_patch_both_ways_and_are_cached(tmp_path, monkeypatch):
     expected = patched_generate(models["harmless"], models["helpful"], ids, neurons, max_new_tokens=cfg.eval_tokens, progress=False)
     assert arms["harmless_from_helpful"]["benign"].answers == [g.text for g in expected]
     assert arms["harmless_from_helpful"]["benign"].lengths == [len(g.completion_ids) for g in expected]
-    saved = sorted(p.name for p in (stage.stage_dir(cfg) / "arms").iterdir())
-    assert len(saved) == 8
+    from safety_neurons.patching_stage import arms_dir
+
+    assert len(list(arms_dir(cfg).iterdir())) == 8
     again = stage.run_tax_arms(cfg, models, adapters, neurons, prompts, progress=False)  # from the cache
     assert again["helpful_from_harmless"]["harmful"] == arms["helpful_from_harmless"]["harmful"]
 

@@ -1,16 +1,19 @@
 """Stage 03 (dynamic_patching): the k sweep, the random baseline, ablations and the causal effect.
 
 Every generation run ("arm": M1, M2, top-k safety neurons at k%, random neurons at k% and seed s,
-all neurons, ablations) is judged per prompt and saved as JSON under
-runs/<name>/artifacts/03_dynamic_patching/arms/, keyed by what it was made from, so an interrupted
-sweep resumes at the next unfinished arm and a changed ranking, adapter or prompt set recomputes.
-Per-prompt rows (prompt, arm, k, seed, answer, verdict) make every figure recomputable.
+all neurons, ablations) is judged per prompt and saved as JSON in the run's arm store
+(runs/<name>/artifacts/arms/), named by a key of what it was made from: the base model, the prompts,
+how they were generated, the adapter(s), the neurons and the answer length. So an interrupted sweep
+resumes at the next unfinished arm, a changed ranking, adapter or prompt set recomputes, and any later
+stage asking for the same generation (M1 or M2 on the same prompts, the same neurons patched) reads it
+instead of generating it again. Per-prompt rows (prompt, arm, k, seed, answer, verdict) make every
+figure recomputable.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +30,10 @@ JUDGE = PHRASE_JUDGE
 
 
 def stage_dir(cfg: RunConfig) -> Path:
-    return cfg.artifact_dir(STAGE)
+    """The stage's own artifacts (its arms live in the run's arm store): created on first use."""
+    path = cfg.artifact_dir(STAGE)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def held_out_prompts(cfg: RunConfig, name: str) -> list[str]:
@@ -85,31 +91,46 @@ def arm_id(name: str, k_pct: float, seed: int | None) -> str:
     return f"{name}-k{pct_label(k_pct)}" + ("" if seed is None else f"-s{seed}")
 
 
+def arms_dir(cfg: RunConfig) -> Path:
+    """The run's arm store, shared by every stage that generates judged answers."""
+    return cfg.artifact_dir("arms")
+
+
+ARM_METHODS = ("generate", "fast", "two_model", "zero_ablation", "mean_ablation")
+
+
+def arm_key(cfg: RunConfig, prompt_ids: list[list[int]], method: str, adapters, neurons=None, *extra) -> str:
+    """What an arm's answers are made from: the base model, the prompt ids, the method (plain `generate`,
+    patching on the `fast` or `two_model` path, or an ablation), the adapter digest(s) (None: M1 itself),
+    the neurons (as (layer, index) pairs) and the answer length; `extra` for anything else (ablation means)."""
+    from .alignment_stage import m1_name
+
+    if method not in ARM_METHODS:
+        raise ValueError(f"unknown arm method {method!r}; use one of {', '.join(ARM_METHODS)}")
+    pairs = None if neurons is None else [[int(layer), int(i)] for layer, i in neurons]
+    return content_key(m1_name(cfg), prompt_ids, method, adapters, pairs, cfg.eval_tokens, *extra)
+
+
 def run_arm(cfg: RunConfig, name: str, k_pct: float, seed: int | None, key: str,
-            generate: Callable[[], list[Generation]], *, directory: Path | None = None) -> Arm:
-    """Generate (unless an arm of the same key is saved), judge and save one arm (under this
-    stage's arms/ folder unless another `directory` is given)."""
-    path = (directory or stage_dir(cfg) / "arms") / f"{arm_id(name, k_pct, seed)}.json"
+            generate: Callable[[], list[Generation]], *, early: bool = False, directory: Path | None = None) -> Arm:
+    """Generate (unless an arm of the same key is stored), judge and store one arm.
+
+    `early` says that `generate` may stop a row once its verdict is final (refused_already): such an arm
+    serves later requests that allow it, while a request for full answers regenerates. The stored arm is
+    returned under the caller's name, k and seed. The store is the run's (arms_dir) unless `directory`."""
+    path = (directory or arms_dir(cfg)) / f"{key}.json"
     if path.exists():
         saved = read_json(path)
-        if saved.get("key") == key:
-            return Arm(**saved["arm"])
+        if saved.get("key") == key and (early or not saved.get("early", False)):
+            return replace(Arm(**saved["arm"]), name=name, k_pct=k_pct, seed=seed)
     start = time.perf_counter()
     generations = generate()
     seconds = time.perf_counter() - start
     answers = [g.text for g in generations]
     lengths = [len(g.completion_ids) for g in generations]
     arm = Arm(name, k_pct, seed, answers, refusal_judge(answers), sum(lengths), seconds, lengths)
-    write_json_atomic(path, {"key": key, "judge": JUDGE, "arm": asdict(arm)})
+    write_json_atomic(path, {"key": key, "judge": JUDGE, "early": early, "arm": asdict(arm)})
     return arm
-
-
-def sweep_key(cfg: RunConfig, prompt_ids: list[list[int]], adapter: Path, ranking_key: str) -> str:
-    """What every arm depends on: prompts, M2's weights, the ranking, generation length, the path."""
-    from .models import adapter_digest
-
-    return content_key(prompt_ids, adapter_digest(adapter), ranking_key,
-                       cfg.eval_tokens, cfg.patch_path)
 
 
 def results_table(arms: list[Arm], prompts: list[str]):
@@ -236,8 +257,10 @@ def run_sweep(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[l
     from .patching import (SharedM2Prefill, ablated_generate, fast_patched_generate, ia3_neuron_scales,
                            k_from_percent, patched_generate, random_neurons)
 
+    from .models import adapter_digest
+
     n_neurons, d_mlp = ranking.n_neurons, ranking.d_mlp
-    key = sweep_key(cfg, prompt_ids, adapter, ranking.meta.get("key", content_key(ranking.scores.tolist())))
+    digest = adapter_digest(adapter)
     opts = generation_options(cfg)
     scales = ia3_neuron_scales(adapter, ranking.n_layers, d_mlp, base=m1) if cfg.patch_path == "fast" else None
     # M2 sees only the prompt at prefill, so every fast arm can share its prefill of each batch.
@@ -247,45 +270,49 @@ def run_sweep(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[l
     # any more (it only looks for phrases in the opening), so the rest is not worth generating. The
     # arms that are compared token for token (M1, all neurons, the headline k on both paths) run in full.
     early = dict(opts, stop_when=refused_already)
+    Planned = tuple[str, float, "int | None", str, Callable[[], list[Generation]], bool]
 
-    def patch(neurons, path: str = cfg.patch_path, full: bool = False) -> Callable[[], list[Generation]]:
+    def patch(name: str, pct: float, seed: int | None, neurons, path: str = cfg.patch_path, full: bool = False) -> Planned:
         kw = opts if full else early
+        key = arm_key(cfg, prompt_ids, path, digest, neurons)
         if path == "fast":
-            return lambda: fast_patched_generate(m1, scales, prompt_ids, neurons, shared_prefill=shared, **kw)
-        return lambda: patched_generate(m1, m2, prompt_ids, neurons, **kw)
+            return name, pct, seed, key, lambda: fast_patched_generate(m1, scales, prompt_ids, neurons, shared_prefill=shared, **kw), not full
+        return name, pct, seed, key, lambda: patched_generate(m1, m2, prompt_ids, neurons, **kw), not full
 
     # M1's answers come from plain HF generate (also the throughput reference); that the patching
     # loop with no neurons gives the same tokens is a unit test, not worth an arm of the sweep.
-    plan: list[tuple[str, float, int | None, Callable[[], list[Generation]]]] = [
-        ("m1", 0.0, None, lambda: greedy_generate(m1, prompt_ids, **opts)),
-        ("m2", 100.0, None, lambda: greedy_generate(m2, prompt_ids, **opts)),
-        ("all", 100.0, None, patch(ranking.top(n_neurons), full=True)),
+    plan: list[Planned] = [
+        ("m1", 0.0, None, arm_key(cfg, prompt_ids, "generate", None), lambda: greedy_generate(m1, prompt_ids, **opts), False),
+        ("m2", 100.0, None, arm_key(cfg, prompt_ids, "generate", digest), lambda: greedy_generate(m2, prompt_ids, **opts), False),
+        patch("all", 100.0, None, ranking.top(n_neurons), full=True),
     ]
     for pct in cfg.patch_k_pcts:
         top = ranking.top(k_from_percent(pct, n_neurons))
-        plan.append(("safety", pct, None, patch(top, full=pct == cfg.headline_pct)))
-        plan += [("random", pct, s, patch(random_neurons(top, d_mlp, s))) for s in cfg.patch_random_seeds]
+        plan.append(patch("safety", pct, None, top, full=pct == cfg.headline_pct))
+        plan += [patch("random", pct, s, random_neurons(top, d_mlp, s)) for s in cfg.patch_random_seeds]
     head = ranking.top(k_from_percent(cfg.headline_pct, n_neurons))
     means = ranking.extras.get("mean_m2")
     plan += [
-        ("safety_two_model", cfg.headline_pct, None, patch(head, "two_model", full=True)),
-        ("zero_ablation", cfg.headline_pct, None, lambda: ablated_generate(m2, prompt_ids, head, mode="zero", **early)),
+        patch("safety_two_model", cfg.headline_pct, None, head, "two_model", full=True),
+        ("zero_ablation", cfg.headline_pct, None, arm_key(cfg, prompt_ids, "zero_ablation", digest, head),
+         lambda: ablated_generate(m2, prompt_ids, head, mode="zero", **early), True),
     ]
     if means is not None:
-        plan.append(("mean_ablation", cfg.headline_pct, None,
-                     lambda: ablated_generate(m2, prompt_ids, head, mode="mean", means=means, **early)))
+        means_key = ranking.meta.get("key") or content_key(np.asarray(means).tolist())
+        plan.append(("mean_ablation", cfg.headline_pct, None, arm_key(cfg, prompt_ids, "mean_ablation", digest, head, means_key),
+                     lambda: ablated_generate(m2, prompt_ids, head, mode="mean", means=means, **early), True))
     # The headline arms first (M1, M2, the headline k, its random seeds, the two-model check, all
     # neurons): an interrupted sweep has the central numbers before the rest of the k grid.
-    def priority(item) -> int:
+    def priority(item: Planned) -> int:
         name, pct = item[0], item[1]
         return 0 if name in ("m1", "m2") else 1 if pct == cfg.headline_pct else 2 if name == "all" else 3
 
     plan.sort(key=priority)
     done: dict[tuple[str, float, int | None], Arm] = {}
     bar = tqdm(plan, desc="patching arms", unit="arm", disable=not progress)
-    for name, pct, seed, generate in bar:
+    for name, pct, seed, key, generate, stops_early in bar:
         bar.set_postfix_str(arm_id(name, pct, seed))
-        done[(name, pct, seed)] = run_arm(cfg, name, pct, seed, key, generate)
+        done[(name, pct, seed)] = run_arm(cfg, name, pct, seed, key, generate, early=stops_early)
     return Sweep(
         m1=done[("m1", 0.0, None)], m2=done[("m2", 100.0, None)],
         all_neurons=done[("all", 100.0, None)],

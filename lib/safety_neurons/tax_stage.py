@@ -7,7 +7,7 @@ harmless model with the helpful model's values, and the reverse) through the two
 arm is measured for safety (refusal of held-out harmful prompts) and helpfulness (compliance with, and
 answer length on, held-out benign prompts), with bootstrap intervals over prompts.
 
-Arms are cached as JSON under runs/<name>/artifacts/06_alignment_tax/arms/, keyed like stage 03's.
+Arms are stored in the run's arm store (patching_stage.run_arm), keyed like every other stage's.
 """
 from __future__ import annotations
 
@@ -115,10 +115,9 @@ def run_tax_arms(cfg: RunConfig, models: dict, adapters: dict[str, Path], neuron
 
     from .chat import encode_prompts
     from .generation import greedy_generate
-    from .io import content_key
     from .models import adapter_digest
     from .patching import patched_generate
-    from .patching_stage import generation_options, run_arm
+    from .patching_stage import arm_key, generation_options, run_arm
 
     missing = [o for pair in DIRECTIONS for o in pair if o not in models]
     if missing:
@@ -126,19 +125,22 @@ def run_tax_arms(cfg: RunConfig, models: dict, adapters: dict[str, Path], neuron
                          "add them to the profile's objectives (stage 01 trains them)")
     any_model = next(iter(models.values()))
     ids = {name: encode_prompts(any_model.tokenizer, texts, cfg.chat_template) for name, texts in prompts.items()}
+    digests = {o: adapter_digest(a) for o, a in adapters.items()}
     opts = generation_options(cfg)
-    plan = []
+    plan = []  # (arm, key of the prompt ids, generate from the prompt ids)
     for patched, source in DIRECTIONS:
-        plan.append((patched, lambda p, m=models[patched]: greedy_generate(m, p, **opts)))
+        plan.append((patched, lambda p, a=patched: arm_key(cfg, p, "generate", digests[a]),
+                     lambda p, m=models[patched]: greedy_generate(m, p, **opts)))
         plan.append((direction_name(patched, source),
+                     lambda p, a=patched, b=source: arm_key(cfg, p, "two_model", [digests[a], digests[b]], neurons),
                      lambda p, a=models[patched], b=models[source]: patched_generate(a, b, p, neurons, **opts)))
     out: dict[str, dict[str, object]] = {}
-    bar = tqdm([(arm, fn, s) for arm, fn in plan for s in ids], desc="alignment-tax arms", unit="arm", disable=not progress)
-    for arm, fn, set_name in bar:
+    bar = tqdm([(arm, key, fn, s) for arm, key, fn in plan for s in ids], desc="alignment-tax arms", unit="arm",
+               disable=not progress)
+    for arm, key, fn, set_name in bar:
         bar.set_postfix_str(f"{arm} on {set_name}")
-        key = content_key(ids[set_name], {o: adapter_digest(a) for o, a in adapters.items()}, neurons, cfg.eval_tokens)
-        out.setdefault(arm, {})[set_name] = run_arm(cfg, f"{arm}-{set_name}", cfg.headline_pct, None, key,
-                                                    lambda fn=fn, p=ids[set_name]: fn(p), directory=stage_dir(cfg) / "arms")
+        p = ids[set_name]
+        out.setdefault(arm, {})[set_name] = run_arm(cfg, arm, cfg.headline_pct, None, key(p), lambda fn=fn, p=p: fn(p))
     return out
 
 
