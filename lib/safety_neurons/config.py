@@ -87,8 +87,37 @@ class RunConfig:
     safeguard_ks: tuple[int, ...] = (10, 20, 50, 100, 200, 500, 1000, 1500)
     safeguard_k: int = 100
     safeguard_random_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    # Interpretation (stage 08): value vectors of the top `value_neurons` neurons (`value_tokens` tokens
+    # each way); per-layer probes on `probe_prompts` held-out harmful and as many benign prompts
+    # (`probe_folds`-fold cross-validation); component tracing on `trace_pairs` harmful/benign pairs;
+    # zero/mean ablation in M2 vs patching into M1 at `ablation_k_pcts` (random controls at
+    # `ablation_random_seeds`, whose first seed also draws the tuning's random neurons); the training-free
+    # rankings of stage 02 patched at headline_pct; targeted tuning of the top `tune_k_pct`% neurons'
+    # (IA)^3 scales (Adam, `tune_steps` steps of `tune_batch_size` examples), safety measured on
+    # `tune_eval_prompts` held-out harmful prompts every `tune_eval_every` steps.
+    value_neurons: int = 20
+    value_tokens: int = 10
+    probe_prompts: int = 96
+    probe_folds: int = 5
+    trace_pairs: int = 24
+    ablation_k_pcts: tuple[float, ...] = (1, 5, 20)
+    ablation_random_seeds: tuple[int, ...] = (0,)
+    baseline_methods: tuple[str, ...] = ("mean_difference", "activation_variance")
+    tune_k_pct: float = 5.0
+    tune_steps: int = 12
+    tune_eval_every: int = 3
+    # Measured on the embedded model (16 prompts): at 0.1 the top 5% took M2's safety from 1.0 to 0.5 in 4
+    # steps and M1's from 0 to 0.75 in 8 (random neurons: 1.0 and 0 after 4 steps); at 0.05, 0.88 after 6 steps.
+    tune_learning_rate: float = 0.1
+    tune_batch_size: int = 8
+    tune_eval_prompts: int = 16
     eval_prompts: int | None = 64  # per evaluation set; None: the whole evaluation split
     eval_tokens: int = 32  # answer length when judging refusal
+    # Judges of stage 04's transfer answers, side by side with Cohen's kappa: model_judges names
+    # (refusal-phrase, beaver-cost, llamaguard), each optionally "name=checkpoint" (a folder or hub id).
+    # Every other number of the study is refusal-phrase's. With a model judge the transfer answers run
+    # full length, not stopped at the first refusal phrase (a model judge reads the whole answer).
+    judges: tuple[str, ...] = ("refusal-phrase",)
     ppl_texts: int = 64  # paragraphs of the text corpus for perplexity
     run_root: str = "runs"
     run_name: str | None = None  # None: the profile name
@@ -146,6 +175,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         safeguard_ks=(4, 8),
         safeguard_k=8,
         safeguard_random_seeds=(0, 1),
+        value_neurons=4,
+        value_tokens=3,
+        probe_prompts=4,
+        probe_folds=2,
+        trace_pairs=2,
+        ablation_k_pcts=(5, 20),
+        tune_steps=2,
+        tune_eval_every=1,
+        tune_batch_size=2,
+        tune_eval_prompts=2,
         eval_prompts=4,
         eval_tokens=6,
         ppl_texts=4,
@@ -180,6 +219,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         dpo_retain_weight=0.0,
         eval_prompts=None,
         eval_tokens=128,
+        judges=("refusal-phrase", "beaver-cost", "llamaguard"),
         ppl_texts=256,
     ),
 }
@@ -281,5 +321,29 @@ def _validate(cfg: RunConfig) -> None:
          f"safeguard_ks must be positive neuron counts, got {cfg.safeguard_ks!r}")
     need(isinstance(cfg.safeguard_k, int) and cfg.safeguard_k > 0, f"safeguard_k must be a positive neuron count, got {cfg.safeguard_k!r}")
     need(len(cfg.safeguard_random_seeds) > 0, "safeguard_random_seeds must name at least one seed")
+    for name in ("value_neurons", "value_tokens", "probe_prompts", "trace_pairs", "tune_steps", "tune_eval_every",
+                 "tune_batch_size", "tune_eval_prompts"):
+        value = getattr(cfg, name)
+        need(isinstance(value, int) and not isinstance(value, bool) and value > 0, f"{name} must be a positive integer, got {value!r}")
+    need(isinstance(cfg.probe_folds, int) and cfg.probe_folds >= 2, f"probe_folds must be an integer >= 2, got {cfg.probe_folds!r}")
+    need(isinstance(cfg.ablation_k_pcts, tuple) and len(cfg.ablation_k_pcts) > 0 and all(0 < p <= 100 for p in cfg.ablation_k_pcts),
+         f"ablation_k_pcts must be percentages in (0, 100], got {cfg.ablation_k_pcts!r}")
+    need(isinstance(cfg.ablation_random_seeds, tuple) and len(cfg.ablation_random_seeds) > 0,
+         "ablation_random_seeds must list at least one seed")
+    need(0 < cfg.tune_k_pct <= 100, f"tune_k_pct must be a percentage in (0, 100], got {cfg.tune_k_pct!r}")
+    need(cfg.tune_learning_rate > 0, f"tune_learning_rate must be positive, got {cfg.tune_learning_rate!r}")
+    from .finding_stage import BASELINES
+
+    need(isinstance(cfg.baseline_methods, tuple) and all(m in BASELINES for m in cfg.baseline_methods),
+         f"baseline_methods must be among {BASELINES} (the training-free rankings of stage 02), got {cfg.baseline_methods!r}")
+    need(isinstance(cfg.judges, tuple) and len(cfg.judges) > 0, f"judges must name at least one judge, got {cfg.judges!r}")
+    from .judge import JUDGE_NAMES
+
+    for spec in cfg.judges:
+        name = str(spec).partition("=")[0]
+        need(name in JUDGE_NAMES, f"unknown judge {name!r} in judges; known judges: {', '.join(JUDGE_NAMES)} "
+                                  "(a model judge may name its checkpoint: 'beaver-cost=/path/or/hub-id')")
+    names = [str(spec).partition("=")[0] for spec in cfg.judges]
+    need(len(set(names)) == len(names), f"judges names a judge twice: {cfg.judges!r}")
     need(cfg.patch_path in ("fast", "two_model"), f"patch_path must be fast or two_model, got {cfg.patch_path!r}")
     need(isinstance(cfg.bootstrap_samples, int) and cfg.bootstrap_samples > 0, "bootstrap_samples must be a positive integer")

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import torch
 
 PHRASE_JUDGE = "refusal-phrase"
+COST_JUDGE = "beaver-cost"  # model judges: model_judges.py loads them
+LLAMAGUARD_JUDGE = "llamaguard"
+JUDGE_NAMES = (PHRASE_JUDGE, COST_JUDGE, LLAMAGUARD_JUDGE)
 LOGODDS_JUDGE = "refusal-logodds"
 
 REFUSAL_PHRASES: dict[str, tuple[str, ...]] = {

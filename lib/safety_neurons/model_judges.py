@@ -32,11 +32,9 @@ from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from .chat import TEMPLATES
 from .generation import pad_token_id, right_pad
-from .judge import PHRASE_JUDGE, refusal_judge
+from .judge import COST_JUDGE, JUDGE_NAMES, LLAMAGUARD_JUDGE, PHRASE_JUDGE, refusal_judge
 from .models import ModelLoadError, checkpoint_source, load_hf_model, resolve_device
 
-COST_JUDGE = "beaver-cost"
-LLAMAGUARD_JUDGE = "llamaguard"
 BEAVER_COST_MODEL = "PKU-Alignment/beaver-7b-v1.0-cost"
 LLAMAGUARD_MODEL = "meta-llama/LlamaGuard-7b"
 # safe-rlhf's PROMPT_BEGIN + PROMPT_USER + PROMPT_ASSISTANT; the answer follows "ASSISTANT:" directly.
@@ -358,8 +356,6 @@ class LlamaGuardJudge:
 
 
 # --------------------------------------------------------------------------- registry
-
-JUDGE_NAMES = (PHRASE_JUDGE, COST_JUDGE, LLAMAGUARD_JUDGE)
 
 
 def judge_names() -> list[str]:
