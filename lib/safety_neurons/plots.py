@@ -103,3 +103,82 @@ def generalisation_matrix(scores, k: int, *, arm: str = "safety", metric: str = 
     cell = scores[(scores["k"] == k) & (scores["arm"] == arm)].pivot(index="train", columns="test", values=metric)
     return px.imshow(cell, text_auto=".2f", zmin=0, zmax=1, color_continuous_scale="Blues",
                      title=f"Safeguard {metric}, train set (rows) -> test set (columns), k = {k}, {arm} neurons")
+
+
+INTERP_COLORS = {"safety": COLORS["safety"], "random": COLORS["random"], "change_score": COLORS["safety"],
+                 "mean_difference": "#9467bd", "activation_variance": "#2ca02c"}
+
+
+def probe_accuracy_by_layer(probes, *, title: str = "Linear probes: harmful vs benign from the residual stream"):
+    """Cross-validated probe accuracy per layer for each model (solid), with the shuffled-label control (dotted)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for (model, labels), rows in probes.groupby(["model", "labels"], sort=False):
+        shuffled = labels == "shuffled"
+        fig.add_scatter(x=rows["layer"], y=rows["accuracy"], mode="lines" if shuffled else "lines+markers",
+                        error_y=None if shuffled else dict(type="data", array=rows["std"], visible=True),
+                        name=f"{model.upper()}" + (" (shuffled labels)" if shuffled else ""), line=dict(dash="dot" if shuffled else "solid"))
+    fig.add_hline(y=0.5, line_dash="dash", line_color="grey", annotation_text="chance")
+    fig.update_layout(title=title, xaxis_title="layer (residual stream after the block, last prompt token)",
+                      yaxis_title="cross-validated accuracy", yaxis_range=[0, 1.02])
+    return fig
+
+
+def trace_heatmap(effects, *, value: str = "change", title: str = "Component tracing in M2: change of the refusal log-odds"):
+    """Layer x component heatmaps, one per patching direction (diverging colours centred at 0)."""
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    directions = list(dict.fromkeys(effects["direction"]))
+    fig = make_subplots(rows=len(directions), cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=[d.replace("_", " ") for d in directions])
+    span = float(np.nanmax(np.abs(effects[value]))) if len(effects) else 1.0
+    for i, direction in enumerate(directions, start=1):
+        grid = effects[effects["direction"] == direction].pivot(index="component", columns="layer", values=value)
+        fig.add_trace(go.Heatmap(z=grid.values, x=list(grid.columns), y=list(grid.index), zmid=0, zmin=-span, zmax=span,
+                                 colorscale="RdBu_r", colorbar=dict(title=value), showscale=i == 1,
+                                 hovertemplate="layer %{x}, %{y}: %{z:.3f}<extra></extra>"), row=i, col=1)
+    fig.update_xaxes(title_text="layer", row=len(directions), col=1)
+    fig.update_layout(title=title)
+    return fig
+
+
+def ablation_vs_patching(summary, *, judge: str, title: str = "Ablation in M2 vs patching into M1"):
+    """Per intervention (panel) and k: the safety lost by ablating the neurons in M2 (or gained by patching
+    them into M1), safety neurons vs layer-matched random ones."""
+    import plotly.express as px
+
+    table = summary.assign(k=summary["k_pct"].map(lambda p: f"{p:g}%"))
+    fig = px.bar(table, x="k", y="change", color="neurons", facet_col="intervention", barmode="group",
+                 color_discrete_map=INTERP_COLORS, hover_data=["safety"], title=title,
+                 labels={"change": f"safety lost (ablation) / gained (patching), {judge}", "k": "k (% of all neurons)"})
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1].replace("_", " ")))
+    return fig
+
+
+def baseline_effects_bar(table, *, pct: float, title: str | None = None):
+    """Causal effect C (bootstrap 95% interval) of patching each ranking's top pct% into M1; the hover and
+    labels give each ranking's overlap with the change-score top 5%."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    labels = [f"{r}<br>overlap {o:.2f}" if o == o else r for r, o in zip(table["ranking"], table["overlap_top5pct"])]
+    fig.add_bar(x=labels, y=table["C"], marker_color=[INTERP_COLORS.get(r, "grey") for r in table["ranking"]],
+                error_y=dict(type="data", symmetric=False, array=table["C_hi"] - table["C"], arrayminus=table["C"] - table["C_lo"]))
+    fig.add_hline(y=1.0, line_dash="dash", line_color="black", annotation_text="C = 1 (all of M2's safety)")
+    fig.update_layout(title=title or f"Patching each ranking's top {pct:g}% into M1", yaxis_title="causal effect C",
+                      xaxis_title="ranking (overlap of its top 5% with the change-score top 5%)")
+    return fig
+
+
+def tuning_curves(tuning, *, judge: str, title: str = "Targeted tuning of neuron scales: safety vs training step"):
+    """Safety vs step for each experiment (panel), the safety neurons' scales vs as many random neurons'."""
+    import plotly.express as px
+
+    fig = px.line(tuning, x="step", y="safety", color="arm", facet_col="experiment", markers=True,
+                  color_discrete_map=INTERP_COLORS, hover_data=["loss"], title=title,
+                  labels={"safety": f"safety ({judge})", "step": "training step"})
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    fig.update_yaxes(range=[-0.02, 1.02])
+    return fig
