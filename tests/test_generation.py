@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from safety_neurons.generation import answer_prompts, eos_token_ids, greedy_generate, left_pad, truncate_at_eos
+from safety_neurons.generation import answer_prompts, checked_prompt_ids, eos_token_ids, greedy_generate, left_pad, truncate_at_eos
 from safety_neurons.models import to_bridge
 from safety_neurons.tiny import tiny_model, tiny_tokenizer
 
@@ -59,3 +59,11 @@ def test_stop_when_cuts_each_row_at_the_first_token_that_makes_it_true():
         assert c.completion_ids == (f.completion_ids if n is None else f.completion_ids[:n])
         assert c.stopped == (f.stopped or n is not None)
     assert any(len(c.completion_ids) < len(f.completion_ids) for f, c in zip(full, cut))
+
+
+def test_checked_prompt_ids_names_what_is_empty():
+    assert checked_prompt_ids([(1, 2), [3]]) == [[1, 2], [3]]
+    with pytest.raises(ValueError, match="no source prompts: the prompt set is empty"):
+        checked_prompt_ids([], "source prompts")
+    with pytest.raises(ValueError, match="prompt 1 of the prompts has no tokens"):
+        checked_prompt_ids([[1], []])

@@ -26,7 +26,6 @@ from safety_neurons.judge import refusal_logodds
 from safety_neurons.models import load_model, to_bridge
 from safety_neurons.patching import ia3_neuron_scales
 from safety_neurons.tiny import tiny_model, tiny_tokenizer
-from test_models import make_ia3_adapter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -215,13 +214,6 @@ def test_tracing_rejects_bad_input(bridge, ids):
 
 
 # ---------------------------------------------------------------- targeted tuning
-
-
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ia3")
-    make_ia3_adapter(tiny_model("llama"), path, targets=("down_proj",))
-    return path
 
 
 def test_scales_from_the_adapter_reproduce_m2(bridge, adapter, ids):

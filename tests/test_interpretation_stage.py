@@ -16,9 +16,7 @@ from safety_neurons.io import flatten_metrics
 from safety_neurons.judge import refusal_start_token_ids
 from safety_neurons.models import load_model
 from safety_neurons.preferences import Preference
-from safety_neurons.tiny import tiny_model
 from safety_neurons.transfer_stage import ArmRunner
-from test_models import make_ia3_adapter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,13 +27,6 @@ def ranking(seed: int = 0, method: str = "change_score") -> NeuronRanking:
     gen = torch.Generator().manual_seed(seed)
     extras = {"mean_m1": torch.randn(N_LAYERS, D_MLP, generator=gen), "mean_m2": torch.randn(N_LAYERS, D_MLP, generator=gen)}
     return NeuronRanking(method, torch.rand(N_LAYERS, D_MLP, generator=gen), extras, {"key": f"test-{seed}"})
-
-
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ia3")
-    make_ia3_adapter(tiny_model("llama"), path, targets=("down_proj",))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,10 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
-from safety_neurons.io import atomic_path, flatten_metrics, read_metrics, write_json_atomic, write_metrics
+from safety_neurons.io import atomic_path, cached_array, flatten_metrics, read_metrics, write_json_atomic, write_metrics
 
 
 def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):
@@ -79,3 +80,18 @@ def test_claim_dir_keeps_its_own_artifacts_and_removes_stale_ones(tmp_path):
     legacy = tmp_path / "legacy"  # artifacts from before keys existed cannot be trusted either
     (legacy / "adapter").mkdir(parents=True)
     assert claim_dir(legacy, key) is True and not (legacy / "adapter").exists()
+
+
+def test_cached_array_computes_once_and_then_reads_the_file(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.arange(6, dtype=np.float32).reshape(2, 3)
+
+    path = tmp_path / "sub" / "acts-key.npy"
+    first = cached_array(path, compute)
+    again = cached_array(path, compute)
+    assert len(calls) == 1 and again.dtype == np.float32
+    np.testing.assert_array_equal(first, again)
+    assert [p.name for p in path.parent.iterdir()] == ["acts-key.npy"]  # no temporary file left behind

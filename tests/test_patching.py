@@ -43,13 +43,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ia3")
-    make_ia3_adapter(tiny_model("llama"), path, targets=("down_proj",))
-    return path
-
-
-@pytest.fixture(scope="module")
 def m1():
     return load_model("tiny-random-llama", device="cpu")
 

@@ -46,6 +46,17 @@ def hf_and_device(bridge):
     return hf, next(hf.parameters()).device
 
 
+def checked_prompt_ids(prompt_ids, what: str = "prompts") -> list[list[int]]:
+    """The prompts as lists of ints; an empty set, or a prompt without tokens, is an error naming `what`."""
+    if len(prompt_ids) == 0:
+        raise ValueError(f"no {what}: the prompt set is empty")
+    rows = [[int(t) for t in row] for row in prompt_ids]
+    for i, row in enumerate(rows):
+        if not row:
+            raise ValueError(f"prompt {i} of the {what} has no tokens")
+    return rows
+
+
 def left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), left-padded to the longest row."""
     width = max(len(row) for row in batch)

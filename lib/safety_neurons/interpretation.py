@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .generation import hf_and_device, left_pad, pad_token_id, position_ids, right_pad
+from .generation import checked_prompt_ids, hf_and_device, left_pad, pad_token_id, position_ids, right_pad
 from .models import mlp_modules, model_shape
 from .patching import NeuronsLike, as_neuron_list, group_by_layer, post_hook_names
 
@@ -127,16 +127,6 @@ def value_table(bridge, neurons: NeuronsLike, *, n_tokens: int = 10, change: Seq
 # ----------------------------------------------------------------------------------------------
 
 
-def _checked(prompt_ids: Sequence[Sequence[int]], what: str = "prompts") -> list[list[int]]:
-    if len(prompt_ids) == 0:
-        raise ValueError(f"no {what}: the prompt set is empty")
-    rows = [[int(t) for t in row] for row in prompt_ids]
-    for i, row in enumerate(rows):
-        if not row:
-            raise ValueError(f"prompt {i} of the {what} has no tokens")
-    return rows
-
-
 @torch.inference_mode()
 def last_token_residuals(bridge, prompt_ids: Sequence[Sequence[int]], *, batch_size: int = 16, progress: bool = True,
                          desc: str = "residuals") -> np.ndarray:
@@ -144,7 +134,7 @@ def last_token_residuals(bridge, prompt_ids: Sequence[Sequence[int]], *, batch_s
     Batched by length with left padding and explicit positions, so padding changes nothing."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    prompts = _checked(prompt_ids)
+    prompts = checked_prompt_ids(prompt_ids)
     shape = model_shape(bridge)
     hf, device = hf_and_device(bridge)
     names = hook_names(bridge, [f"blocks.{layer}.hook_resid_post" for layer in range(shape.n_layers)])
@@ -219,7 +209,7 @@ def probe_accuracy(features: np.ndarray, labels, *, folds: int = 5, seed: int = 
 def shared_suffix_length(prompt_ids: Sequence[Sequence[int]]) -> int:
     """How many final tokens every prompt shares (the chat template's closing tokens), at most the
     shortest prompt's length minus one (a prefix must be left to run first)."""
-    rows = _checked(prompt_ids)
+    rows = checked_prompt_ids(prompt_ids)
     shortest = min(len(r) for r in rows)
     n = 0
     while n < shortest - 1 and len({r[-1 - n] for r in rows}) == 1:
@@ -302,7 +292,7 @@ class _PairBatch:
 
 
 def _pair_batches(bridge, receiver_ids, source_ids, positions: int | None, batch_size: int):
-    receivers, sources = _checked(receiver_ids, "receiver prompts"), _checked(source_ids, "source prompts")
+    receivers, sources = checked_prompt_ids(receiver_ids, "receiver prompts"), checked_prompt_ids(source_ids, "source prompts")
     if len(receivers) != len(sources):
         raise ValueError(f"{len(receivers)} receiver prompts but {len(sources)} source prompts: pair them one to one")
     if batch_size < 1:

@@ -19,7 +19,7 @@ import numpy as np
 from .alignment_stage import m1_name, round_robin
 from .config import RunConfig
 from .data import load_split
-from .io import atomic_path, content_key, read_json, write_json_atomic
+from .io import atomic_path, cached_array, content_key, read_json, write_json_atomic
 from .judge import PHRASE_JUDGE
 
 STAGE = "08_interpretation"
@@ -101,13 +101,9 @@ def model_residuals(cfg: RunConfig, model, name: str, adapter: Path | None, prom
     from .models import adapter_digest
 
     key = content_key(m1_name(cfg), adapter_digest(adapter), prompt_ids)
-    path = stage_dir(cfg) / "residuals" / f"{name}-{key}.npy"
-    if path.exists():
-        return np.load(path, allow_pickle=False)
-    residuals = last_token_residuals(model, prompt_ids, batch_size=cfg.batch_size, progress=progress, desc=f"{name} residuals")
-    with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, residuals, allow_pickle=False)
-    return residuals
+    return cached_array(stage_dir(cfg) / "residuals" / f"{name}-{key}.npy",
+                        lambda: last_token_residuals(model, prompt_ids, batch_size=cfg.batch_size, progress=progress,
+                                                     desc=f"{name} residuals"))
 
 
 def probe_table(cfg: RunConfig, residuals: dict[str, np.ndarray], labels: np.ndarray):
@@ -175,11 +171,10 @@ def _ablation_arm(cfg: RunConfig, m2, digest: str | None, prompt_ids, neurons, m
     """M2 with `neurons` zero- or mean-ablated (means: M2's over the finding completions), in the arm store
     under stage 03's key for the same neurons."""
     from .patching import ablated_generate
-    from .patching_stage import arm_key, generation_options, refused_already, run_arm
+    from .patching_stage import ablation_key, generation_options, refused_already, run_arm
 
     means = ranking.extras.get("mean_m2") if mode == "mean" else None
-    extra = () if mode == "zero" else (ranking.meta.get("key") or content_key(np.asarray(means).tolist()),)
-    key = arm_key(cfg, prompt_ids, f"{mode}_ablation", digest, neurons, *extra)
+    key = ablation_key(cfg, prompt_ids, mode, digest, neurons, ranking)
     opts = generation_options(cfg) | {"stop_when": refused_already}
     return run_arm(cfg, f"{mode}_ablation", pct, seed, key,
                    lambda: ablated_generate(m2, prompt_ids, neurons, mode=mode, means=means, **opts), early=True)

@@ -11,7 +11,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 
 @contextmanager
@@ -50,6 +50,20 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def cached_array(path: str | os.PathLike, compute: Callable[[], Any]):
+    """The array saved at `path` (.npy, no pickle); computed and saved atomically when absent. The file
+    name must carry the key of what the array is made from: an existing file is trusted."""
+    import numpy as np
+
+    if Path(path).exists():
+        return np.load(path, allow_pickle=False)
+    array = np.asarray(compute())
+    # A file object, not a name: np.save would append ".npy" to the temporary name.
+    with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+    return array
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

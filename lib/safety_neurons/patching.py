@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .generation import Generation, eos_token_ids, hf_and_device, left_pad, position_ids, truncate_at_eos
+from .generation import Generation, checked_prompt_ids, eos_token_ids, hf_and_device, left_pad, position_ids, truncate_at_eos
 from .models import ModelLoadError, check_adapter_base, IA3_KEY, as_name_list, model_shape, read_ia3_adapter
 
 Neuron = tuple[int, int]
@@ -485,18 +485,6 @@ def _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, st
                     bool(progress), desc)
 
 
-def _check_prompts(prompt_ids) -> list[list[int]]:
-    if len(prompt_ids) == 0:
-        raise ValueError("no prompts to generate from: the prompt set is empty")
-    out = []
-    for i, row in enumerate(prompt_ids):
-        row = [int(t) for t in row]
-        if not row:
-            raise ValueError(f"prompt {i} has no tokens")
-        out.append(row)
-    return out
-
-
 def _uniforms(seed: int, index: int, n: int) -> np.ndarray:
     """The per-prompt random stream: independent of batch composition and of the patch."""
     return np.random.default_rng([seed, index]).random(n)
@@ -648,7 +636,7 @@ def patched_generate(
     longer change, the rest of the answer is not worth generating.
     """
     opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc, stop_when)
-    prompts = _check_prompts(prompt_ids)
+    prompts = checked_prompt_ids(prompt_ids, "prompts to generate from")
     shape1, shape2 = model_shape(m1), model_shape(m2)
     if shape1 != shape2:
         raise ValueError(f"M1 and M2 have different shapes ({shape1} vs {shape2}): M2 must be M1's architecture")
@@ -698,7 +686,7 @@ def fast_patched_generate(
     computes M2's prefill of each batch once: a sweep's later arms prefill only M1's rows.
     """
     opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc, stop_when)
-    prompts = _check_prompts(prompt_ids)
+    prompts = checked_prompt_ids(prompt_ids, "prompts to generate from")
     shape = model_shape(base)
     pairs = as_neuron_list(neurons, shape.n_layers, shape.d_mlp)
     hf, device = hf_and_device(base)
@@ -753,7 +741,7 @@ def ablated_generate(
     if mode == "mean" and means is None:
         raise ValueError("mode='mean' needs `means`: {layer: d_mlp mean activations} or an array aligned with the neurons")
     opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc, stop_when)
-    prompts = _check_prompts(prompt_ids)
+    prompts = checked_prompt_ids(prompt_ids, "prompts to generate from")
     shape = model_shape(m2)
     hf, device = hf_and_device(m2)
     dtype = next(hf.parameters()).dtype

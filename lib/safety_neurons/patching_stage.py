@@ -111,6 +111,15 @@ def arm_key(cfg: RunConfig, prompt_ids: list[list[int]], method: str, adapters, 
     return content_key(m1_name(cfg), prompt_ids, method, adapters, pairs, cfg.eval_tokens, *extra)
 
 
+def ablation_key(cfg: RunConfig, prompt_ids: list[list[int]], mode: str, digest: str | None, neurons, ranking) -> str:
+    """The arm key of M2 with `neurons` zero- or mean-ablated; a mean ablation also names its means
+    (M2's means over the finding completions, by the ranking's key)."""
+    if mode == "zero":
+        return arm_key(cfg, prompt_ids, "zero_ablation", digest, neurons)
+    means = ranking.meta.get("key") or content_key(np.asarray(ranking.extras["mean_m2"]).tolist())
+    return arm_key(cfg, prompt_ids, f"{mode}_ablation", digest, neurons, means)
+
+
 def run_arm(cfg: RunConfig, name: str, k_pct: float, seed: int | None, key: str,
             generate: Callable[[], list[Generation]], *, early: bool = False, directory: Path | None = None) -> Arm:
     """Generate (unless an arm of the same key is stored), judge and store one arm.
@@ -294,12 +303,11 @@ def run_sweep(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[l
     means = ranking.extras.get("mean_m2")
     plan += [
         patch("safety_two_model", cfg.headline_pct, None, head, "two_model", full=True),
-        ("zero_ablation", cfg.headline_pct, None, arm_key(cfg, prompt_ids, "zero_ablation", digest, head),
+        ("zero_ablation", cfg.headline_pct, None, ablation_key(cfg, prompt_ids, "zero", digest, head, ranking),
          lambda: ablated_generate(m2, prompt_ids, head, mode="zero", **early), True),
     ]
     if means is not None:
-        means_key = ranking.meta.get("key") or content_key(np.asarray(means).tolist())
-        plan.append(("mean_ablation", cfg.headline_pct, None, arm_key(cfg, prompt_ids, "mean_ablation", digest, head, means_key),
+        plan.append(("mean_ablation", cfg.headline_pct, None, ablation_key(cfg, prompt_ids, "mean", digest, head, ranking),
                      lambda: ablated_generate(m2, prompt_ids, head, mode="mean", means=means, **early), True))
     # The headline arms first (M1, M2, the headline k, its random seeds, the two-model check, all
     # neurons): an interrupted sweep has the central numbers before the rest of the k grid.

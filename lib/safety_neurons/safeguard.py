@@ -30,7 +30,7 @@ import torch
 from scipy.special import expit
 from tqdm.auto import tqdm
 
-from .generation import hf_and_device, left_pad, pad_token_id, position_ids
+from .generation import checked_prompt_ids, hf_and_device, left_pad, pad_token_id, position_ids
 from .io import atomic_path, read_json, sha256_file, write_json_atomic
 from .models import base_fingerprint, model_shape
 from .patching import Neuron, NeuronsLike, as_neuron_list, group_by_layer, post_hook_names
@@ -52,16 +52,6 @@ class _EnoughLayers(Exception):
     """Raised by the deepest hook: nothing after it is needed, so the forward stops there."""
 
 
-def _checked_prompts(prompt_ids: Sequence[Sequence[int]]) -> list[list[int]]:
-    if len(prompt_ids) == 0:
-        raise ValueError("no prompts to read activations from: the prompt set is empty")
-    prompts = [[int(t) for t in row] for row in prompt_ids]
-    for i, row in enumerate(prompts):
-        if not row:
-            raise ValueError(f"prompt {i} has no tokens: it has no last token to read")
-    return prompts
-
-
 @torch.inference_mode()
 def _last_token_values(bridge, prompt_ids: Sequence[Sequence[int]], picks: dict[int, torch.Tensor | None], *,
                        batch_size: int, progress: bool, desc: str) -> np.ndarray:
@@ -72,7 +62,7 @@ def _last_token_values(bridge, prompt_ids: Sequence[Sequence[int]], picks: dict[
     padding changes nothing), on the HF decoder only; it stops at the deepest picked layer."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    prompts = _checked_prompts(prompt_ids)
+    prompts = checked_prompt_ids(prompt_ids, "prompts to read activations from")
     hf, device = hf_and_device(bridge)
     layers = sorted(picks)
     names = post_hook_names(bridge, layers)

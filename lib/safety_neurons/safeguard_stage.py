@@ -21,7 +21,7 @@ import numpy as np
 from .alignment_stage import m1_name, round_robin
 from .config import RunConfig
 from .data import load_split
-from .io import atomic_path, content_key, read_json, write_json_atomic
+from .io import cached_array, content_key, read_json, write_json_atomic
 from .judge import PHRASE_JUDGE, refusal_judge
 
 STAGE = "07_safeguard"
@@ -81,13 +81,9 @@ def model_activations(cfg: RunConfig, model, name: str, adapter: Path | None, pr
 
     ids = encode_prompts(model.tokenizer, prompts, cfg.chat_template)
     key = content_key(m1_name(cfg), adapter_digest(adapter), ids)
-    path = stage_dir(cfg) / "activations" / f"{name}-{key}.npy"
-    if path.exists():
-        return np.load(path, allow_pickle=False)
-    acts = last_token_activations(model, ids, batch_size=cfg.batch_size, progress=progress, desc=f"{name} activations")
-    with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, acts, allow_pickle=False)
-    return acts
+    return cached_array(stage_dir(cfg) / "activations" / f"{name}-{key}.npy",
+                        lambda: last_token_activations(model, ids, batch_size=cfg.batch_size, progress=progress,
+                                                       desc=f"{name} activations"))
 
 
 def feature_sets(cfg: RunConfig, ranking, k: int) -> dict[str, list[list[tuple[int, int]]]]:
