@@ -15,6 +15,9 @@ def arm(name, pct, refused, seed=None, seconds=1.0):
     return stage.Arm(name, pct, seed, answers, list(refused), 10 * len(refused), seconds)
 
 
+PROMPTS_2 = [[1], [1, 4]]
+
+
 def test_pct_labels_make_flat_keys():
     assert [stage.pct_label(p) for p in (0.5, 1, 5.0, 7.5, 100)] == ["0p5", "1", "5", "7p5", "100"]
 
@@ -23,17 +26,17 @@ def test_run_arm_judges_saves_and_resumes_by_key(run_root):
     cfg = load_config("smoke")
     calls = []
 
-    def generate():
+    def generate(prompt_ids):
         calls.append(1)
         return [Generation([1], [2], "I'm sorry, but I cannot help with that.", True), Generation([1], [2, 3], "Sure! Step one", False)]
 
-    first = stage.run_arm(cfg, "safety", 5.0, None, "key-a", generate)
+    first = stage.run_arm(cfg, "safety", 5.0, None, "key-a", generate, PROMPTS_2)
     assert first.refused == [True, False] and first.n_tokens == 3 and list(first.score) == [1.0, 0.0]
-    again = stage.run_arm(cfg, "safety", 5.0, None, "key-a", generate)
+    again = stage.run_arm(cfg, "safety", 5.0, None, "key-a", generate, PROMPTS_2)
     assert again == first and len(calls) == 1  # resumed from disk
-    stage.run_arm(cfg, "safety", 5.0, None, "key-b", generate)
+    stage.run_arm(cfg, "safety", 5.0, None, "key-b", generate, PROMPTS_2)
     assert len(calls) == 2  # another ranking/adapter/prompt set: recomputed
-    renamed = stage.run_arm(cfg, "random", 7.5, 3, "key-a", generate)  # another stage asking for the same generation
+    renamed = stage.run_arm(cfg, "random", 7.5, 3, "key-a", generate, PROMPTS_2)  # another stage asking for the same generation
     assert len(calls) == 2 and (renamed.name, renamed.k_pct, renamed.seed) == ("random", 7.5, 3)
     assert renamed.answers == first.answers
 
@@ -42,17 +45,17 @@ def test_an_early_stopped_arm_serves_early_requests_only(run_root):
     cfg = load_config("smoke")
     calls = []
 
-    def generate():
+    def generate(prompt_ids):
         calls.append(1)
-        return [Generation([1], [2], "I'm sorry", True)]
+        return [Generation(p, [2], "I'm sorry", True) for p in prompt_ids]
 
-    stage.run_arm(cfg, "m2", 100.0, None, "k", generate, early=True)
-    stage.run_arm(cfg, "m2", 100.0, None, "k", generate, early=True)
+    stage.run_arm(cfg, "m2", 100.0, None, "k", generate, PROMPTS_2, early=True)
+    stage.run_arm(cfg, "m2", 100.0, None, "k", generate, PROMPTS_2, early=True)
     assert len(calls) == 1
-    stage.run_arm(cfg, "m2", 100.0, None, "k", generate)  # full answers asked for: regenerated
+    stage.run_arm(cfg, "m2", 100.0, None, "k", generate, PROMPTS_2)  # full answers asked for: regenerated
     assert len(calls) == 2
-    stage.run_arm(cfg, "m2", 100.0, None, "k", generate, early=True)  # a full arm serves an early request
-    stage.run_arm(cfg, "m2", 100.0, None, "k", generate)
+    stage.run_arm(cfg, "m2", 100.0, None, "k", generate, PROMPTS_2, early=True)  # a full arm serves an early request
+    stage.run_arm(cfg, "m2", 100.0, None, "k", generate, PROMPTS_2)
     assert len(calls) == 2
 
 

@@ -14,7 +14,6 @@ from safety_neurons.io import flatten_metrics
 from safety_neurons.models import load_model
 from safety_neurons.patching import patched_perplexity
 from safety_neurons.patching_stage import Arm
-from test_patching import adapter  # noqa: F401  (the same tiny down_proj (IA)^3 adapter fixture)
 
 N_LAYERS, D_MLP = 2, 64
 ALL = [(layer, i) for layer in range(N_LAYERS) for i in range(D_MLP)]
@@ -69,10 +68,10 @@ def test_arm_runner_reads_stage_03s_arms(run_root, models, adapter):
     neurons = ALL[::3]
     from safety_neurons.generation import Generation
 
-    def stored():
-        return [Generation(i, [5], "stored by stage 03", False) for i in ids]
+    def stored(prompt_ids):
+        return [Generation(i, [5], "stored by stage 03", False) for i in prompt_ids]
 
-    run_arm(cfg, "safety", 5.0, None, arm_key(cfg, ids, "two_model", adapter_digest(adapter), neurons), stored)
+    run_arm(cfg, "safety", 5.0, None, arm_key(cfg, ids, "two_model", adapter_digest(adapter), neurons), stored, ids)
     assert stage.ArmRunner(cfg, m1, m2, adapter).run("safety", "harmbench", prompts, neurons).answers == ["stored by stage 03"] * 2
 
 

@@ -56,16 +56,26 @@ def load_ranking(cfg: RunConfig, objective: str = "harmless", seed: int | None =
 
 
 def m1_generations(cfg: RunConfig, m1, prompt_ids: list[list[int]], *, progress: bool = True) -> list[Generation]:
-    """M1's greedy answers on the finding prompts, generated once and cached with their ids."""
+    """M1's greedy answers on the finding prompts, generated once and cached with their ids (shared out
+    between the processes of a distributed launch, see sharding.py)."""
     from .generation import greedy_generate
+    from .sharding import is_main_process, main_decides, sharded_generate
 
     path = stage_dir(cfg) / "m1_generations.json"
     key = content_key(m1_name(cfg), cfg.max_new_tokens, prompt_ids)
-    if path.exists() and (cached := read_json(path))["key"] == key:
-        return [Generation(**g) for g in cached["generations"]]
-    generations = greedy_generate(m1, prompt_ids, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                  progress=progress, desc="M1 generates")
-    write_json_atomic(path, {"key": key, "generations": [asdict(g) for g in generations]})
+
+    def stored() -> list[dict] | None:
+        saved = read_json(path) if path.exists() else None
+        return saved["generations"] if saved is not None and saved["key"] == key else None
+
+    cached = main_decides(stored)
+    if cached is not None:
+        return [Generation(**g) for g in cached]
+    generations = sharded_generate(lambda ids: greedy_generate(m1, ids, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                                               progress=progress, desc="M1 generates"),
+                                   prompt_ids, cfg.batch_size)
+    if is_main_process():
+        write_json_atomic(path, {"key": key, "generations": [asdict(g) for g in generations]})
     return generations
 
 

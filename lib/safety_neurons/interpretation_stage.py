@@ -177,7 +177,7 @@ def _ablation_arm(cfg: RunConfig, m2, digest: str | None, prompt_ids, neurons, m
     key = ablation_key(cfg, prompt_ids, mode, digest, neurons, ranking)
     opts = generation_options(cfg) | {"stop_when": refused_already}
     return run_arm(cfg, f"{mode}_ablation", pct, seed, key,
-                   lambda: ablated_generate(m2, prompt_ids, neurons, mode=mode, means=means, **opts), early=True)
+                   lambda ids: ablated_generate(m2, ids, neurons, mode=mode, means=means, **opts), prompt_ids, early=True)
 
 
 def ablation_arms(cfg: RunConfig, runner, m2, ranking, prompts: list[str], *, progress: bool = True):

@@ -121,24 +121,36 @@ def ablation_key(cfg: RunConfig, prompt_ids: list[list[int]], mode: str, digest:
 
 
 def run_arm(cfg: RunConfig, name: str, k_pct: float, seed: int | None, key: str,
-            generate: Callable[[], list[Generation]], *, early: bool = False, directory: Path | None = None) -> Arm:
-    """Generate (unless an arm of the same key is stored), judge and store one arm.
+            generate: Callable[[list[list[int]]], list[Generation]], prompt_ids: list[list[int]], *,
+            early: bool = False, directory: Path | None = None) -> Arm:
+    """`generate(prompt_ids)` (unless an arm of the same key is stored), judge and store one arm.
 
     `early` says that `generate` may stop a row once its verdict is final (refused_already): such an arm
     serves later requests that allow it, while a request for full answers regenerates. The stored arm is
-    returned under the caller's name, k and seed. The store is the run's (arms_dir) unless `directory`."""
+    returned under the caller's name, k and seed. The store is the run's (arms_dir) unless `directory`.
+    Under a distributed launch the prompts are shared out between the processes in whole batches of
+    the generators' own (generation_options) batch size and gathered; only the main process writes."""
+    from .sharding import is_main_process, main_decides, sharded_generate
+
     path = (directory or arms_dir(cfg)) / f"{key}.json"
-    if path.exists():
+
+    def stored() -> dict | None:
+        if not path.exists():
+            return None
         saved = read_json(path)
-        if saved.get("key") == key and (early or not saved.get("early", False)):
-            return replace(Arm(**saved["arm"]), name=name, k_pct=k_pct, seed=seed)
+        return saved["arm"] if saved.get("key") == key and (early or not saved.get("early", False)) else None
+
+    saved = main_decides(stored)
+    if saved is not None:
+        return replace(Arm(**saved), name=name, k_pct=k_pct, seed=seed)
     start = time.perf_counter()
-    generations = generate()
+    generations = sharded_generate(generate, prompt_ids, generation_options(cfg)["batch_size"])
     seconds = time.perf_counter() - start
     answers = [g.text for g in generations]
     lengths = [len(g.completion_ids) for g in generations]
     arm = Arm(name, k_pct, seed, answers, refusal_judge(answers), sum(lengths), seconds, lengths)
-    write_json_atomic(path, {"key": key, "judge": JUDGE, "early": early, "arm": asdict(arm)})
+    if is_main_process():
+        write_json_atomic(path, {"key": key, "judge": JUDGE, "early": early, "arm": asdict(arm)})
     return arm
 
 
@@ -279,20 +291,20 @@ def run_sweep(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[l
     # any more (it only looks for phrases in the opening), so the rest is not worth generating. The
     # arms that are compared token for token (M1, all neurons, the headline k on both paths) run in full.
     early = dict(opts, stop_when=refused_already)
-    Planned = tuple[str, float, "int | None", str, Callable[[], list[Generation]], bool]
+    Planned = tuple[str, float, "int | None", str, Callable[[list[list[int]]], list[Generation]], bool]
 
     def patch(name: str, pct: float, seed: int | None, neurons, path: str = cfg.patch_path, full: bool = False) -> Planned:
         kw = opts if full else early
         key = arm_key(cfg, prompt_ids, path, digest, neurons)
         if path == "fast":
-            return name, pct, seed, key, lambda: fast_patched_generate(m1, scales, prompt_ids, neurons, shared_prefill=shared, **kw), not full
-        return name, pct, seed, key, lambda: patched_generate(m1, m2, prompt_ids, neurons, **kw), not full
+            return name, pct, seed, key, lambda ids: fast_patched_generate(m1, scales, ids, neurons, shared_prefill=shared, **kw), not full
+        return name, pct, seed, key, lambda ids: patched_generate(m1, m2, ids, neurons, **kw), not full
 
     # M1's answers come from plain HF generate (also the throughput reference); that the patching
     # loop with no neurons gives the same tokens is a unit test, not worth an arm of the sweep.
     plan: list[Planned] = [
-        ("m1", 0.0, None, arm_key(cfg, prompt_ids, "generate", None), lambda: greedy_generate(m1, prompt_ids, **opts), False),
-        ("m2", 100.0, None, arm_key(cfg, prompt_ids, "generate", digest), lambda: greedy_generate(m2, prompt_ids, **opts), False),
+        ("m1", 0.0, None, arm_key(cfg, prompt_ids, "generate", None), lambda ids: greedy_generate(m1, ids, **opts), False),
+        ("m2", 100.0, None, arm_key(cfg, prompt_ids, "generate", digest), lambda ids: greedy_generate(m2, ids, **opts), False),
         patch("all", 100.0, None, ranking.top(n_neurons), full=True),
     ]
     for pct in cfg.patch_k_pcts:
@@ -304,11 +316,11 @@ def run_sweep(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[l
     plan += [
         patch("safety_two_model", cfg.headline_pct, None, head, "two_model", full=True),
         ("zero_ablation", cfg.headline_pct, None, ablation_key(cfg, prompt_ids, "zero", digest, head, ranking),
-         lambda: ablated_generate(m2, prompt_ids, head, mode="zero", **early), True),
+         lambda ids: ablated_generate(m2, ids, head, mode="zero", **early), True),
     ]
     if means is not None:
         plan.append(("mean_ablation", cfg.headline_pct, None, ablation_key(cfg, prompt_ids, "mean", digest, head, ranking),
-                     lambda: ablated_generate(m2, prompt_ids, head, mode="mean", means=means, **early), True))
+                     lambda ids: ablated_generate(m2, ids, head, mode="mean", means=means, **early), True))
     # The headline arms first (M1, M2, the headline k, its random seeds, the two-model check, all
     # neurons): an interrupted sweep has the central numbers before the rest of the k grid.
     def priority(item: Planned) -> int:
@@ -320,7 +332,7 @@ def run_sweep(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[l
     bar = tqdm(plan, desc="patching arms", unit="arm", disable=not progress)
     for name, pct, seed, key, generate, stops_early in bar:
         bar.set_postfix_str(arm_id(name, pct, seed))
-        done[(name, pct, seed)] = run_arm(cfg, name, pct, seed, key, generate, early=stops_early)
+        done[(name, pct, seed)] = run_arm(cfg, name, pct, seed, key, generate, prompt_ids, early=stops_early)
     return Sweep(
         m1=done[("m1", 0.0, None)], m2=done[("m2", 100.0, None)],
         all_neurons=done[("all", 100.0, None)],

@@ -140,7 +140,7 @@ def run_tax_arms(cfg: RunConfig, models: dict, adapters: dict[str, Path], neuron
     for arm, key, fn, set_name in bar:
         bar.set_postfix_str(f"{arm} on {set_name}")
         p = ids[set_name]
-        out.setdefault(arm, {})[set_name] = run_arm(cfg, arm, cfg.headline_pct, None, key(p), lambda fn=fn, p=p: fn(p))
+        out.setdefault(arm, {})[set_name] = run_arm(cfg, arm, cfg.headline_pct, None, key(p), fn, p)
     return out
 
 

@@ -61,17 +61,17 @@ class ArmRunner:
                 raise ValueError(f"arm {arm!r} is a plain model: it takes no neurons")
             model, digest, pct = (self.m1, None, 0.0) if arm == "m1" else (self.m2, self.digest, 100.0)
             key = arm_key(self.cfg, ids, "generate", digest)
-            generate = lambda: greedy_generate(model, ids, **self.opts)  # noqa: E731
+            generate = lambda p: greedy_generate(model, p, **self.opts)  # noqa: E731
         else:
             if neurons is None:
                 raise ValueError(f"arm {arm!r} patches neurons: pass the neurons (an empty list patches none)")
             pairs, pct = as_neuron_list(neurons, self.shape.n_layers, self.shape.d_mlp), self.cfg.headline_pct
             key = arm_key(self.cfg, ids, self.cfg.patch_path, self.digest, pairs)
             if self.scales is not None:
-                generate = lambda: fast_patched_generate(self.m1, self.scales, ids, pairs, shared_prefill=self.shared, **self.opts)  # noqa: E731
+                generate = lambda p: fast_patched_generate(self.m1, self.scales, p, pairs, shared_prefill=self.shared, **self.opts)  # noqa: E731
             else:
-                generate = lambda: patched_generate(self.m1, self.m2, ids, pairs, **self.opts)  # noqa: E731
-        return run_arm(self.cfg, arm, pct, seed, key, generate, early=self.early)
+                generate = lambda p: patched_generate(self.m1, self.m2, p, pairs, **self.opts)  # noqa: E731
+        return run_arm(self.cfg, arm, pct, seed, key, generate, ids, early=self.early)
 
 
 def stops_early(cfg: RunConfig) -> bool:

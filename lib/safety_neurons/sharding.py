@@ -1,0 +1,109 @@
+"""Generation sweeps sharded across processes with accelerate, identical to a one-process run.
+
+Under `accelerate launch --num_processes N` (or torchrun), every process runs the same notebook code;
+each generation of the arm store (`patching_stage.run_arm`) and M1's finding answers are split
+between the processes and gathered, and only the main process writes them. One process (a plain
+`python` or Jupyter kernel) never touches torch.distributed: everything here is then the identity.
+
+Why the results are identical, not just close: every generator here sorts its prompts by length
+(stably) and cuts them into batches of `batch_size`. The split hands each process whole batches of
+that very order, dealt round-robin (batch 0 to process 0, batch 1 to process 1, ...) so long and
+short prompts spread evenly, and each process gets its batches in increasing length. The process's
+own stable sort then rebuilds exactly those batches, so every prompt is generated with the same
+batch-mates and padding as in one process. (Kernels that change with the thread count can still
+differ in the last bit; on the CPU the test pins one thread per process on both sides.)
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def world_size() -> int:
+    """The number of processes this one was launched among (1 outside a distributed launch)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@lru_cache(maxsize=1)
+def _state():
+    # PartialState joins the process group that accelerate launch / torchrun describes in the environment.
+    # Without CUDA it must be told to use the CPU (gloo), or it would see one process and shard nothing.
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes != world_size():
+        raise RuntimeError(f"launched as one of {world_size()} processes (WORLD_SIZE) but accelerate joined "
+                           f"{state.num_processes}: launch with `accelerate launch` or `torchrun`")
+    return state
+
+
+def is_sharded() -> bool:
+    return world_size() > 1
+
+
+def is_main_process() -> bool:
+    return not is_sharded() or _state().is_main_process
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """The batches (lists of row indices) a one-process generator makes: rows sorted by length,
+    stably, cut into `batch_size`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def dealt_batches(batches: list[list[int]], n_processes: int) -> list[list[int]]:
+    """The batches reordered so that cutting the list into `n_processes` contiguous runs, as
+    accelerate's split_between_processes does (the first runs one longer when it does not divide),
+    gives process p the batches p, p + n, p + 2n, ..., in increasing length."""
+    return [b for p in range(n_processes) for b in batches[p::n_processes]]
+
+
+def sharded_generate(generate: Callable[[list[list[int]]], list[T]], prompt_ids: list[list[int]],
+                     batch_size: int) -> list[T]:
+    """`generate(prompt_ids)`, each process generating its share of whole batches; every process
+    returns all results in the callers' order. Without a distributed launch: `generate(prompt_ids)`."""
+    if not is_sharded():
+        return generate(prompt_ids)
+    from accelerate.utils import gather_object
+
+    state = _state()
+    batches = dealt_batches(length_batches([len(p) for p in prompt_ids], batch_size), state.num_processes)
+    with state.split_between_processes(batches) as mine:
+        rows = [r for batch in mine for r in batch]
+    produced = generate([prompt_ids[r] for r in rows]) if rows else []
+    if len(produced) != len(rows):
+        raise RuntimeError(f"the generator returned {len(produced)} results for {len(rows)} prompts")
+    results: list[Any] = [None] * len(prompt_ids)
+    for shard_rows, shard_out in gather_object([(rows, produced)]):
+        for r, out in zip(shard_rows, shard_out):
+            results[r] = out
+    missing = [i for i, r in enumerate(results) if r is None]
+    if missing:
+        raise RuntimeError(f"prompts {missing[:5]} came back from no process")
+    return results
+
+
+def main_decides(decide: Callable[[], T]) -> T:
+    """`decide()` on the main process, its answer given to every process (so that all of them take
+    the same branch, e.g. whether an arm is already stored: one that regenerated alone would wait
+    forever for the others). Without a distributed launch: `decide()`."""
+    if not is_sharded():
+        return decide()
+    from accelerate.utils import broadcast_object_list
+
+    box = [decide() if _state().is_main_process else None]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def wait_for_everyone() -> None:
+    if is_sharded():
+        _state().wait_for_everyone()
