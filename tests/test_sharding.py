@@ -47,7 +47,9 @@ def test_one_process_is_the_identity(monkeypatch):
 
 
 def test_two_processes_give_the_answers_of_one(tmp_path, adapter):
-    env = dict(os.environ, SAFETY_NEURONS_RUNS=str(tmp_path / "runs"), OMP_NUM_THREADS="1",
+    # gloo on the loopback device: a container whose hostname does not resolve still connects.
+    loopback = {"GLOO_SOCKET_IFNAME": "lo"} if Path("/sys/class/net/lo").exists() else {}
+    env = dict(os.environ, **loopback, SAFETY_NEURONS_RUNS=str(tmp_path / "runs"), OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(Path(__file__).with_name("sharding_worker.py")), str(tmp_path), str(adapter)]
