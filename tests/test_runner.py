@@ -114,3 +114,9 @@ def test_a_stage_that_writes_no_metrics_fails(tmp_path, run_root):
 def test_the_project_notebooks_are_numbered_from_zero():
     stages = discover_stages(NOTEBOOKS_DIR)
     assert stages[0].stem == "00_setup"
+
+
+def test_the_runner_refuses_a_distributed_launch(run_root, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(StageError, match="runs in one process.*torchrun"):
+        run("smoke", progress=False)

@@ -137,6 +137,13 @@ def run(
     notebooks_dir: Path = NOTEBOOKS_DIR,
 ) -> list[StageResult]:
     """Execute the selected stages for a profile; return what ran and what was skipped."""
+    from .sharding import world_size
+
+    if world_size() > 1:
+        # Each process would execute every notebook and race the others on the run directory's state.
+        raise StageError(f"the notebook runner runs in one process, but this is one of {world_size()} (WORLD_SIZE): "
+                         "run it with plain `python -m safety_neurons run`; to shard the generation sweeps, call "
+                         "the stage functions from a script under torchrun or accelerate launch (safety_neurons.sharding)")
     overrides = dict(overrides or {})
     cfg = load_config(profile, overrides)
     stages = discover_stages(notebooks_dir)
