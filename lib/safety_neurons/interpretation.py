@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import checked_prompt_ids, hf_and_device, left_pad, pad_token_id, position_ids, right_pad
+from .judge import refusal_logodds_from_logits, refusal_start_token_ids
 from .models import mlp_modules, model_shape
 from .patching import NeuronsLike, as_neuron_list, group_by_layer, post_hook_names
 
@@ -217,13 +218,6 @@ def shared_suffix_length(prompt_ids: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def refusal_logodds_from_logits(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """log P - log(1 - P) per row of next-token `logits` [n, vocab], P = the probability of `token_ids`
-    (judge.refusal_logodds's measure, from logits already computed)."""
-    log_p = torch.logsumexp(torch.log_softmax(logits.float(), dim=-1)[:, token_ids], dim=-1)
-    return log_p - torch.log(-torch.expm1(log_p.clamp(max=-1e-7)))
-
-
 Patch = tuple[int, str]  # (layer, component)
 
 
@@ -307,7 +301,6 @@ def _pair_batches(bridge, receiver_ids, source_ids, positions: int | None, batch
     if positions > shared:
         raise ValueError(f"positions = {positions} but the prompts share only their last {shared} tokens (and a prefix "
                          "must remain): patched positions must hold the same tokens in both runs")
-    from .judge import refusal_start_token_ids
 
     shape = model_shape(bridge)
     aliases = {(layer, c): _COMPONENT_HOOKS[c].format(layer=layer) for layer in range(shape.n_layers) for c in COMPONENTS}
