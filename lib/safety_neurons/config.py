@@ -337,13 +337,12 @@ def _validate(cfg: RunConfig) -> None:
     need(isinstance(cfg.baseline_methods, tuple) and all(m in BASELINES for m in cfg.baseline_methods),
          f"baseline_methods must be among {BASELINES} (the training-free rankings of stage 02), got {cfg.baseline_methods!r}")
     need(isinstance(cfg.judges, tuple) and len(cfg.judges) > 0, f"judges must name at least one judge, got {cfg.judges!r}")
-    from .judge import JUDGE_NAMES
+    from .judge import JUDGE_NAMES, parse_judge
 
-    for spec in cfg.judges:
-        name = str(spec).partition("=")[0]
+    names = [parse_judge(spec)[0] for spec in cfg.judges]
+    for name in names:
         need(name in JUDGE_NAMES, f"unknown judge {name!r} in judges; known judges: {', '.join(JUDGE_NAMES)} "
                                   "(a model judge may name its checkpoint: 'beaver-cost=/path/or/hub-id')")
-    names = [str(spec).partition("=")[0] for spec in cfg.judges]
     need(len(set(names)) == len(names), f"judges names a judge twice: {cfg.judges!r}")
     need(cfg.patch_path in ("fast", "two_model"), f"patch_path must be fast or two_model, got {cfg.patch_path!r}")
     need(isinstance(cfg.bootstrap_samples, int) and cfg.bootstrap_samples > 0, "bootstrap_samples must be a positive integer")

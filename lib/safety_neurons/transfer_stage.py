@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import RunConfig
-from .judge import PHRASE_JUDGE
+from .judge import PHRASE_JUDGE, parse_judge
 
 TRANSFER_STAGE = "04_transfer_capability"
 STABILITY_STAGE = "05_stability"
@@ -77,12 +77,6 @@ class ArmRunner:
 def stops_early(cfg: RunConfig) -> bool:
     """Whether the transfer answers may stop at the first refusal phrase: only when no model judge reads them."""
     return all(parse_judge(spec)[0] == JUDGE for spec in cfg.judges)
-
-
-def parse_judge(spec: str) -> tuple[str, str | None]:
-    """"beaver-cost=/models/beaver" -> ("beaver-cost", "/models/beaver"); a bare name uses the judge's default checkpoint."""
-    name, _, checkpoint = spec.partition("=")
-    return name, checkpoint or None
 
 
 def capability_references(cfg: RunConfig) -> tuple[dict[str, float], dict[str, float]]:
