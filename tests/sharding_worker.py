@@ -18,7 +18,7 @@ from safety_neurons.finding_stage import m1_generations
 from safety_neurons.generation import greedy_generate
 from safety_neurons.models import load_model
 from safety_neurons.patching import ablated_generate, fast_patched_generate, ia3_neuron_scales, patched_generate
-from safety_neurons.patching_stage import refused_already, run_arm
+from safety_neurons.patching_stage import arms_dir, refused_already, run_arm
 from safety_neurons.sharding import is_main_process, wait_for_everyone, world_size
 
 # The same kernels on both sides: a one-process run with two threads may sum in another order.
@@ -50,7 +50,7 @@ def main(out: Path, adapter: Path) -> None:
             seen[name] = len(p)
             return generate(p)
 
-        arm = run_arm(cfg, name, 5.0, None, f"key-{name}", counted, ids, directory=out / "arms")
+        arm = run_arm(cfg, name, 5.0, None, f"key-{name}", counted, ids)
         whole = generate(ids) if is_main_process() else None
         report[name] = {"sharded": arm.answers, "sharded_lengths": arm.lengths,
                         "whole": None if whole is None else [g.text for g in whole],
@@ -60,6 +60,7 @@ def main(out: Path, adapter: Path) -> None:
     report["m1_generations"] = {"sharded": [g.completion_ids for g in sharded], "whole": [g.completion_ids for g in whole]}
     rank = int(os.environ.get("RANK", "0"))
     (out / f"rank{rank}.json").write_text(json.dumps({"world_size": world_size(), "prompts_generated": seen,
+                                                       "arms_dir": str(arms_dir(cfg)),
                                                        "report": report if is_main_process() else None}))
     wait_for_everyone()
 

@@ -65,4 +65,6 @@ def test_two_processes_give_the_answers_of_one(tmp_path, adapter):
         assert report[name]["sharded"] == report[name]["whole"], name
         assert report[name]["sharded_lengths"] == report[name]["whole_lengths"], name
     assert report["m1_generations"]["sharded"] == report["m1_generations"]["whole"]
-    assert sorted(p.name for p in (tmp_path / "arms").iterdir()) == sorted(f"key-{n}.json" for n in report if n != "m1_generations")
+    arms = Path(ranks[0]["arms_dir"])
+    assert arms.is_relative_to(tmp_path / "runs")  # the run's arm store, under the test's run root
+    assert sorted(p.name for p in arms.iterdir()) == sorted(f"key-{n}.json" for n in report if n != "m1_generations")

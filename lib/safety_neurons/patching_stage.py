@@ -122,17 +122,17 @@ def ablation_key(cfg: RunConfig, prompt_ids: list[list[int]], mode: str, digest:
 
 def run_arm(cfg: RunConfig, name: str, k_pct: float, seed: int | None, key: str,
             generate: Callable[[list[list[int]]], list[Generation]], prompt_ids: list[list[int]], *,
-            early: bool = False, directory: Path | None = None) -> Arm:
+            early: bool = False) -> Arm:
     """`generate(prompt_ids)` (unless an arm of the same key is stored), judge and store one arm.
 
     `early` says that `generate` may stop a row once its verdict is final (refused_already): such an arm
     serves later requests that allow it, while a request for full answers regenerates. The stored arm is
-    returned under the caller's name, k and seed. The store is the run's (arms_dir) unless `directory`.
+    returned under the caller's name, k and seed, from the run's store (arms_dir).
     Under a distributed launch the prompts are shared out between the processes in whole batches of
     the generators' own (generation_options) batch size and gathered; only the main process writes."""
     from .sharding import is_main_process, main_decides, sharded_generate
 
-    path = (directory or arms_dir(cfg)) / f"{key}.json"
+    path = arms_dir(cfg) / f"{key}.json"
 
     def stored() -> dict | None:
         if not path.exists():
