@@ -106,8 +106,9 @@ class RunConfig:
     tune_k_pct: float = 5.0
     tune_steps: int = 12
     tune_eval_every: int = 3
-    # Measured on the embedded model (16 prompts): at 0.1 the top 5% took M2's safety from 1.0 to 0.5 in 4
-    # steps and M1's from 0 to 0.75 in 8 (random neurons: 1.0 and 0 after 4 steps); at 0.05, 0.88 after 6 steps.
+    # Measured on the embedded model (`default`, 16 prompts, read every 3 steps): at 0.1 the top 5% took M2's
+    # safety from 1.00 to 0.25 by step 6 (random neurons 0.81) but overshot back to 0.75 at step 12, and M1's
+    # from 0 to 0.81 by step 9 (random 0.12); in an earlier trial at 0.05, 0.88 after 6 steps.
     tune_learning_rate: float = 0.1
     tune_batch_size: int = 8
     tune_eval_prompts: int = 16
