@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .cpu_logprobs import dense_cpu_logprobs
 from .io import claim_dir, content_key, read_json, write_json_atomic
 from .preferences import Preference
 
@@ -145,9 +146,11 @@ def train_dpo(
     args = DPOConfig(**_trainer_args(out, settings, dev, len(pairs), progress), beta=settings.beta,
                      max_length=settings.max_length, precompute_ref_log_probs=True, **losses)
     retain = retain_batches(tokenizer, retain_texts, settings.retain_batch_size, settings.retain_max_tokens)
-    trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                   peft_config=ia3_mlp_config(), retain=retain, retain_weight=settings.retain_weight)
-    return _train_and_save(trainer, out, base_model_name, settings, {"objective_pairs": len(pairs), "retain_texts": len(retain_texts)})
+    with dense_cpu_logprobs(dev):  # the reference log-probs are computed while the trainer is built
+        trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                       peft_config=ia3_mlp_config(), retain=retain, retain_weight=settings.retain_weight)
+        return _train_and_save(trainer, out, base_model_name, settings,
+                               {"objective_pairs": len(pairs), "retain_texts": len(retain_texts)})
 
 
 def retain_batches(tokenizer, texts: list[str], batch_size: int, max_tokens: int) -> list[dict[str, torch.Tensor]]:
@@ -239,9 +242,10 @@ def train_sft(
     dataset = sft_dataset(tokenizer, conversations, template)
     args = SFTConfig(**_trainer_args(out, settings, dev, len(dataset), progress), max_length=settings.max_length,
                      completion_only_loss=True, packing=False)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=ia3_mlp_config())
-    return _train_and_save(trainer, out, base_model_name, settings, {"sft_examples": len(dataset)})
+    with dense_cpu_logprobs(dev):
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=ia3_mlp_config())
+        return _train_and_save(trainer, out, base_model_name, settings, {"sft_examples": len(dataset)})
 
 
 def save_merged_model(base_model_name: str, adapter_dir: str | Path, out_dir: str | Path) -> Path:
