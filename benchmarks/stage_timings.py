@@ -6,7 +6,9 @@ runs; `--force` re-runs stages that are already finished there (otherwise a seco
 what the first one measured). Cached artifacts inside the bench run directory are reused unless
 --fresh deletes it first, which is what a first-run timing needs.
 
-    python benchmarks/stage_timings.py [--profile quick] [--fresh] [--force]
+    python benchmarks/stage_timings.py [--profile quick] [--fresh] [--force] [--run-name NAME]
+
+`--run-name default` times the study's own run directory (runs/default), as `make all` fills it.
 """
 from __future__ import annotations
 
@@ -27,15 +29,16 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="quick", help="smoke | quick | default | paper")
+    parser.add_argument("--profile", default="quick", help="smoke | quick | default | full | paper")
     parser.add_argument("--fresh", action="store_true", help="delete the bench run directory first (first-run timings)")
     parser.add_argument("--force", action="store_true", help="re-run stages already finished in the bench run directory")
+    parser.add_argument("--run-name", help="run directory name under runs/ (default: bench-<profile>)")
     args = parser.parse_args()
 
     from safety_neurons.config import load_config
     from safety_neurons.runner import run
 
-    overrides = {"run_name": f"bench-{args.profile}"}
+    overrides = {"run_name": args.run_name or f"bench-{args.profile}"}
     run_dir = load_config(args.profile, overrides).run_dir
     if args.fresh and run_dir.exists():
         shutil.rmtree(run_dir)

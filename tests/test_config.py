@@ -11,9 +11,9 @@ def test_every_profile_loads(profile):
 
 
 def test_profiles_cover_the_four_kinds_of_run():
-    assert set(PROFILES) == {"smoke", "quick", "default", "paper"}
+    assert set(PROFILES) == {"smoke", "quick", "default", "full", "paper"}
     assert load_config("smoke").model == "tiny-random-llama"
-    assert load_config("quick").model == load_config("default").model == "smollm2-135m-instruct"
+    assert load_config("quick").model == load_config("default").model == load_config("full").model == "smollm2-135m-instruct"
     assert load_config("paper").chat_template == "tulu"
 
 
@@ -24,7 +24,7 @@ def test_overrides_apply_and_lists_become_tuples():
 
 
 def test_unknown_profile_names_the_valid_ones():
-    with pytest.raises(ValueError, match="smoke, quick, default, paper"):
+    with pytest.raises(ValueError, match="smoke, quick, default, full, paper"):
         load_config("fast")
 
 

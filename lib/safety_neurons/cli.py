@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute the notebooks through papermill into runs/<profile>/")
-    run.add_argument("--profile", required=True, help="smoke | quick | default | paper")
+    run.add_argument("--profile", required=True, help="smoke | quick | default | full | paper")
     run.add_argument("--only", type=int, metavar="N", help="run only stage N (earlier stages must be finished)")
     run.add_argument("--from", dest="from_", type=int, metavar="N", help="run stage N and every later one")
     run.add_argument("--force", action="store_true", help="re-run selected stages even if their inputs are unchanged")

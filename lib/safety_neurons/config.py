@@ -195,8 +195,33 @@ PROFILES: dict[str, dict[str, Any]] = {
         model=EMBEDDED_MODEL, max_prompts_per_split=24, max_new_tokens=32, train_seeds=(0,),
         objectives=("harmless", "helpful"), align_harmful=48, align_benign=24, dpo_epochs=1.0, eval_prompts=24, ppl_texts=16,
     ),
-    # The embedded model, the full study.
-    "default": dict(model=EMBEDDED_MODEL),
+    # The embedded model, the whole study sized to finish within an hour on a 2-core CPU (`make all`):
+    # two harmless seeds and the helpful objective, one DPO epoch (measured on seed 0: HarmBench refusal
+    # 0.95, benign 0.05, perplexity +2.0%, against 1.00 / 0.08 / +2.1% with two epochs), 32 held-out prompts
+    # per set, five k in the sweep. `full` runs the same study at the sizes below in about 2.6 hours.
+    "default": dict(
+        model=EMBEDDED_MODEL,
+        train_seeds=(0, 1),
+        objectives=("harmless", "helpful"),
+        dpo_epochs=1.0,
+        finding_prompts=64,
+        patch_k_pcts=(1, 2, 5, 10, 20),
+        patch_random_seeds=(0, 1),
+        patch_prompts=32,
+        eval_prompts=32,
+        ppl_texts=32,
+        safeguard_prompts=32,
+        safeguard_ks=(10, 50, 100, 200, 500),
+        safeguard_random_seeds=(0, 1, 2),
+        probe_prompts=64,
+        trace_pairs=12,
+        ablation_k_pcts=(5, 20),
+        tune_steps=8,
+        tune_eval_every=2,
+    ),
+    # The embedded model, the full study at the RunConfig sizes: three harmless seeds, four objectives,
+    # 64 held-out prompts per set, nine k in the sweep (about 2.6 hours on a 2-core CPU).
+    "full": dict(model=EMBEDDED_MODEL),
     # The paper's setting, by hub name: needs the hub and a GPU.
     "paper": dict(
         model="meta-llama/Llama-2-7b-hf",
