@@ -92,3 +92,34 @@ def test_evaluations_are_cached_by_model_and_prompts(run_root, monkeypatch):
     assert again["harmbench"].refused == evals["harmbench"].refused
     with pytest.raises(pytest.fail.Exception, match="re-evaluated"):  # other prompts: evaluated again
         stage.evaluate_model(cfg, "m1", None, {"harmbench": ["Another prompt?"]}, corpus, progress=False)
+
+
+def test_helpful_objective_without_benign_prompts_needs_a_hub_set():
+    with pytest.raises(ValueError, match="align_benign is 0"):
+        load_config("smoke", align_benign=0)
+    assert load_config("smoke", align_benign=0, helpful_dataset="hh_rlhf_helpful").align_benign == 0
+    assert load_config("smoke", align_benign=0, objectives=["harmless"]).objectives == ("harmless",)
+    paper = load_config("paper")
+    assert paper.align_benign == 0 and paper.helpful_dataset == "hh_rlhf_helpful"
+
+
+def test_helpful_preferences_from_a_hub_set_are_built_and_cached(run_root, monkeypatch):
+    from pathlib import Path
+
+    import safety_neurons.hub_data as hub_data
+
+    fixture = Path(__file__).parent / "fixtures" / "hub" / "helpful-base"
+    calls, original = [], hub_data.load_hub_preferences
+
+    def from_fixture(name, *, limit=None, **_):
+        calls.append(name)
+        return original(name, path=str(fixture), limit=limit)
+
+    monkeypatch.setattr(hub_data, "load_hub_preferences", from_fixture)
+    cfg = load_config("smoke", align_benign=0, helpful_dataset="hh_rlhf_helpful")
+    pairs = stage.preference_pairs(cfg, "helpful", m1=None, progress=False)
+    assert calls == ["hh_rlhf_helpful"]
+    assert pairs and {p.source for p in pairs} == {"hh_rlhf_helpful"}
+    assert pairs[0].prompt == "What is a good name for a cat?"
+    assert stage.preference_pairs(cfg, "helpful", m1=None, progress=False) == pairs  # read back, not reloaded
+    assert calls == ["hh_rlhf_helpful"]

@@ -96,16 +96,17 @@ def preference_pairs(cfg: RunConfig, objective: str, m1, *, progress: bool = Tru
     """The preference set of one objective, built once and saved as JSON beside the adapters
     (the file name carries a key of everything the set is made from, so a changed config rebuilds it)."""
     harmful, benign = alignment_prompts(cfg)
+    source = cfg.helpful_dataset if objective == "helpful" else cfg.dpo_dataset  # a built-in name or a hub set
     key = content_key(objective, harmful, benign, cfg.model, cfg.chat_template, cfg.answer_tokens, cfg.seed,
-                      cfg.dpo_dataset, cfg.align_harmful)
+                      source, cfg.align_harmful)
     path = stage_dir(cfg) / "preferences" / f"{objective}-{key}.json"
     if path.exists():
         return [Preference(**r) for r in read_json(path)]
-    if objective == "harmless" and cfg.dpo_dataset != "harmless":
+    if objective in ("harmless", "helpful") and source != objective:
         from .hub_data import load_hub_preferences
 
-        pairs = [Preference(p.prompt, p.chosen, p.rejected, cfg.dpo_dataset)
-                 for p in load_hub_preferences(cfg.dpo_dataset, limit=cfg.align_harmful)]
+        pairs = [Preference(p.prompt, p.chosen, p.rejected, source)
+                 for p in load_hub_preferences(source, limit=cfg.align_harmful)]
     elif objective == "harmless":
         pairs = harmless_pairs(harmful, cached_answers(cfg, m1, harmful, name="harmful", progress=progress),
                                benign, cached_answers(cfg, m1, benign, name="benign", progress=progress), seed=cfg.seed)

@@ -45,6 +45,9 @@ class RunConfig:
     sft_dataset: str | None = None  # None: the model is already instruction-tuned, SFT is skipped
     sft_examples: int = 2000
     dpo_dataset: str = "harmless"  # harmless (built in code from M1's answers) or a hub preference set
+    # The helpful objective's preferences: helpful (built in code from M1's answers to the benign alignment
+    # prompts, needs align_benign > 0) or a hub preference set (the paper: hh_rlhf_helpful).
+    helpful_dataset: str = "helpful"
     # Objectives of the alignment-tax study; the first harmless seed is "M2" for every later stage.
     objectives: tuple[str, ...] = ("harmless", "helpful", "reasoning", "extraction")
     train_harmful_sets: tuple[str, ...] = ("harmbench", "donotanswer")  # DPO sees only these sets
@@ -235,6 +238,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         train_seeds=(0, 1, 2, 3, 4),
         sft_dataset="sharegpt",
         dpo_dataset="hh_rlhf_harmless",
+        helpful_dataset="hh_rlhf_helpful",
         train_harmful_sets=("beavertails",),
         align_harmful=2000,
         align_benign=0,
@@ -318,6 +322,9 @@ def _validate(cfg: RunConfig) -> None:
     need(isinstance(cfg.objectives, tuple) and len(cfg.objectives) > 0 and cfg.objectives[0] == "harmless"
          and set(cfg.objectives) <= set(OBJECTIVES),
          f"objectives must start with 'harmless' and be among {OBJECTIVES}, got {cfg.objectives!r}")
+    need("helpful" not in cfg.objectives or cfg.helpful_dataset != "helpful" or cfg.align_benign > 0,
+         "the helpful objective builds its preferences from benign prompts, and align_benign is 0: set align_benign > 0 "
+         "or helpful_dataset to a hub preference set (hh_rlhf_helpful)")
     need(isinstance(cfg.train_harmful_sets, tuple) and len(cfg.train_harmful_sets) > 0,
          "train_harmful_sets must name at least one prompt set")
     need(cfg.dpo_learning_rate > 0 and cfg.dpo_epochs > 0 and cfg.dpo_beta > 0,
