@@ -4,7 +4,10 @@ Builds one batch of preference pairs, runs trl's DPOTrainer for a few steps (ref
 precomputed, as the alignment stage does), and times a plain forward+backward of the very same
 chosen and rejected sequences through the same (IA)^3 model. Prints both and their ratio.
 
-    python benchmarks/dpo_step.py [--model smollm2-135m-instruct] [--pairs 8] [--steps 4]
+    python benchmarks/dpo_step.py [--model smollm2-135m-instruct] [--pairs 8] [--steps 4] [--trl-head]
+
+On the CPU the library scores DPO log-probs with a dense head (safety_neurons.cpu_logprobs); --trl-head
+times the same steps through trl's own chunked head too.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8, help="pairs per step (batch size)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--answer-words", type=int, default=30)
+    parser.add_argument("--trl-head", action="store_true", help="also time the steps with trl's chunked LM head")
     args = parser.parse_args()
 
     from peft import get_peft_model
@@ -39,6 +43,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         result = train_dpo(args.model, pairs, out, settings=settings, progress=False)
     dpo_step = result.step_seconds
+    trl_step = None
+    if args.trl_head:  # the same steps through trl's own chunked LM head (what a CPU run used before)
+        import contextlib
+
+        import safety_neurons.alignment as alignment
+
+        dense = alignment.dense_cpu_logprobs
+        alignment.dense_cpu_logprobs = lambda device: contextlib.nullcontext()
+        try:
+            with tempfile.TemporaryDirectory() as out:
+                trl_step = train_dpo(args.model, pairs, out, settings=settings, progress=False).step_seconds
+        finally:
+            alignment.dense_cpu_logprobs = dense
 
     model, tok = load_hf_model(args.model)
     peft_model = get_peft_model(model, ia3_mlp_config())
@@ -63,6 +80,8 @@ def main() -> None:
     print(f"plain forward+backward: {plain:.2f} s")
     print(f"DPO step (trl, mean of {result.steps}): {dpo_step:.2f} s")
     print(f"ratio DPO / plain: {dpo_step / plain:.2f}")
+    if trl_step is not None:
+        print(f"DPO step with trl's chunked LM head: {trl_step:.2f} s (ratio to plain {trl_step / plain:.2f})")
 
 
 if __name__ == "__main__":

@@ -123,3 +123,41 @@ def test_helpful_preferences_from_a_hub_set_are_built_and_cached(run_root, monke
     assert pairs[0].prompt == "What is a good name for a cat?"
     assert stage.preference_pairs(cfg, "helpful", m1=None, progress=False) == pairs  # read back, not reloaded
     assert calls == ["hh_rlhf_helpful"]
+
+
+def _torchrun(args: list[str], env: dict, n: int = 2):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_train_command_trains_once_across_two_processes(tmp_path, monkeypatch):
+    """`torchrun -m safety_neurons train`: both processes train (DDP on gloo), the main one writes the
+    adapter once; the notebook's train_m2 then finds it done."""
+    import json
+    import os
+    from pathlib import Path
+
+    loopback = {"GLOO_SOCKET_IFNAME": "lo"} if Path("/sys/class/net/lo").exists() else {}
+    env = dict(os.environ, **loopback, SAFETY_NEURONS_RUNS=str(tmp_path), OMP_NUM_THREADS="1")
+    done = _torchrun(["-m", "safety_neurons", "train", "--profile", "smoke", "--no-progress",
+                      "-p", 'objectives=["harmless"]'], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("harmless/seed0:") == 1  # printed by the main process only
+    out = tmp_path / "smoke" / "artifacts" / stage.STAGE / "harmless" / "seed0"
+    log = json.loads((out / "adapter" / "train_log.json").read_text())
+    assert log["processes"] == 2 and log["steps"] >= 1
+    assert not list(out.glob(".adapter*")) and not (out / "checkpoints").exists()
+
+    monkeypatch.setenv("SAFETY_NEURONS_RUNS", str(tmp_path))
+    again = stage.train_all(load_config("smoke", objectives=["harmless"]), progress=False)
+    assert again[("harmless", 0)].seconds == log["seconds"]  # read back, not retrained
+
+
+def test_train_command_rejects_a_run_the_profile_does_not_have(capsys):
+    from safety_neurons.cli import main
+
+    assert main(["train", "--profile", "smoke", "--objective", "reasoning"]) == 1
+    assert "no training run of profile 'smoke'" in capsys.readouterr().err

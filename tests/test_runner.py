@@ -116,7 +116,57 @@ def test_the_project_notebooks_are_numbered_from_zero():
     assert stages[0].stem == "00_setup"
 
 
-def test_the_runner_refuses_a_distributed_launch(run_root, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(StageError, match="runs in one process.*torchrun"):
-        run("smoke", progress=False)
+# A stage that shards a toy generation and asks the main process a question, as the library's sweeps do.
+SHARDED_STAGE = """
+import json, os
+from safety_neurons import load_config, sharding, stage_metrics
+cfg = load_config(profile, overrides)
+prompts = [[7] * n for n in (3, 1, 4, 1, 5, 9, 2, 6)]
+made = sharding.sharded_generate(lambda ids: [[len(x), int(os.environ['RANK'])] for x in ids], prompts, 2)
+decided = sharding.main_decides(lambda: os.environ['RANK'])
+record = dict(made=made, decided=decided, world=sharding.world_size(), port=os.environ['MASTER_PORT'])
+(cfg.run_dir / 'rank{rank}-{stem}.json'.format(rank=os.environ['RANK'], stem='{stem}')).write_text(json.dumps(record))
+stage_metrics(cfg, '{stem}', dict(rank=int(os.environ['RANK'])))
+"""
+
+
+def test_two_processes_run_the_notebooks_together(tmp_path, run_root):
+    """torchrun, two runner processes: each stage's two kernels shard between them through a rendezvous
+    of their own; the main process alone writes notebook, metrics and state; a re-run skips on both."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    for stem in ("00_first", "01_second"):
+        write_notebook(notebooks / f"{stem}.ipynb", SHARDED_STAGE.replace("{stem}", stem))
+    loopback = {"GLOO_SOCKET_IFNAME": "lo"} if Path("/sys/class/net/lo").exists() else {}
+    env = dict(os.environ, **loopback, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])))
+    for label in ("first", "again"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(Path(__file__).with_name("runner_worker.py")), str(notebooks), str(tmp_path), label]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    cfg = load_config("smoke")
+    for stem in ("00_first", "01_second"):
+        records = [json.loads((cfg.run_dir / f"rank{r}-{stem}.json").read_text()) for r in (0, 1)]
+        assert [r["world"] for r in records] == [2, 2] and [r["decided"] for r in records] == ["0", "0"]
+        assert records[0]["made"] == records[1]["made"]  # gathered: every process has every answer
+        assert [m[0] for m in records[0]["made"]] == [3, 1, 4, 1, 5, 9, 2, 6]
+        assert {m[1] for m in records[0]["made"]} == {0, 1}  # both processes generated
+        assert read_metrics(cfg.metrics_path(stem)) == {"rank": 0}
+        assert (cfg.run_dir / "notebooks" / f"{stem}.ipynb").exists()
+        assert (cfg.run_dir / "notebooks" / ".rank1" / f"{stem}.ipynb").exists()
+        assert json.loads((cfg.run_dir / "stages" / f"{stem}.json").read_text())["processes"] == 2
+    ports = {json.loads((cfg.run_dir / f"rank0-{stem}.json").read_text())["port"] for stem in ("00_first", "01_second")}
+    assert len(ports) == 2  # each stage's kernels met on a port of their own
+    for rank in (0, 1):
+        first = json.loads((tmp_path / f"results-first-rank{rank}.json").read_text())
+        again = json.loads((tmp_path / f"results-again-rank{rank}.json").read_text())
+        assert [(s, st) for s, st, _ in first] == [("00_first", "ran"), ("01_second", "ran")]
+        assert [(s, st) for s, st, _ in again] == [("00_first", "skipped"), ("01_second", "skipped")]
+        assert first[0][2] == {"rank": 0}  # every process reports the metrics the main process wrote

@@ -18,5 +18,9 @@ def load_model(*args, **kwargs):
 
 
 def stage_metrics(cfg: RunConfig, stage: str, metrics: dict) -> dict:
-    """Write a notebook's metrics to runs/<name>/metrics/<stage>.json and return them flattened."""
-    return write_metrics(cfg.metrics_path(stage), metrics)
+    """Write a notebook's metrics to runs/<name>/metrics/<stage>.json and return them flattened
+    (under a distributed launch the main process writes; every process gets them back)."""
+    from .io import flatten_metrics
+    from .sharding import is_main_process
+
+    return write_metrics(cfg.metrics_path(stage), metrics) if is_main_process() else flatten_metrics(metrics)

@@ -136,7 +136,7 @@ def train_dpo(
         raise ValueError("retain_weight > 0 needs retain_texts (general text to keep M2 close to M1 on); none given")
     retain_texts = list(retain_texts or []) if settings.retain_weight > 0 else []
     out = Path(out_dir)
-    claim_dir(out, content_key("dpo", base_model_name, template, asdict(settings), [asdict(p) for p in pairs], retain_texts))
+    _claim_on_main(out, content_key("dpo", base_model_name, template, asdict(settings), [asdict(p) for p in pairs], retain_texts))
     if adapter_done(out):
         return _result_from_log(out)
     model, tokenizer, dev = _load_for_training(base_model_name, device)
@@ -235,7 +235,7 @@ def train_sft(
     if not conversations:
         raise ValueError("the SFT conversation set is empty: nothing to train on")
     out = Path(out_dir)
-    claim_dir(out, content_key("sft", base_model_name, template, asdict(settings), conversations))
+    _claim_on_main(out, content_key("sft", base_model_name, template, asdict(settings), conversations))
     if adapter_done(out):
         return _result_from_log(out)
     model, tokenizer, dev = _load_for_training(base_model_name, device)
@@ -320,10 +320,20 @@ def _trainer_args(out: Path, settings: TrainSettings, dev: torch.device, n_examp
     )
 
 
-def _train_and_save(trainer, out: Path, base_model_name: str, settings: TrainSettings, extra: dict[str, Any]) -> TrainResult:
-    """Train (resuming from the last checkpoint if one exists), then write the adapter atomically."""
-    from .models import write_base_fingerprint
+def _claim_on_main(out: Path, key: str) -> None:
+    """claim_dir by the main process alone (another process emptying the folder while the main one
+    writes would lose work); every process goes on once it is done."""
+    from .sharding import is_main_process, wait_for_everyone
 
+    if is_main_process():
+        claim_dir(out, key)
+    wait_for_everyone()
+
+
+def _train_and_save(trainer, out: Path, base_model_name: str, settings: TrainSettings, extra: dict[str, Any]) -> TrainResult:
+    """Train (resuming from the last checkpoint if one exists), then write the adapter atomically.
+    Under accelerate launch / torchrun every process trains (trl and accelerate split the batches and
+    reduce the gradients: DDP, or DeepSpeed with its config) and the main process alone writes."""
     ckpt_dir = out / "checkpoints"
     resume = _last_checkpoint(ckpt_dir)
     timer = _step_timer()
@@ -331,25 +341,34 @@ def _train_and_save(trainer, out: Path, base_model_name: str, settings: TrainSet
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
+    if trainer.accelerator.is_main_process:
+        _write_adapter(trainer, out, base_model_name, settings, extra, seconds, timer.times, resumed=resume is not None)
+    trainer.accelerator.wait_for_everyone()
+    return _result_from_log(out)
 
+
+def _write_adapter(trainer, out: Path, base_model_name: str, settings: TrainSettings, extra: dict[str, Any],
+                   seconds: float, step_times: list[float], *, resumed: bool) -> None:
+    from .models import write_base_fingerprint
+
+    ckpt_dir = out / "checkpoints"
     staging = out / f".{ADAPTER_DIRNAME}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     trainer.model.save_pretrained(staging)
     # (IA)^3 leaves the base weights untouched, so the trained model's base is the base to record.
     write_base_fingerprint(staging, trainer.model.get_base_model(), base_model_name)
     log = [dict(entry) for entry in trainer.state.log_history]
-    step_seconds = sum(timer.times) / max(len(timer.times), 1)
-    result = TrainResult(out / ADAPTER_DIRNAME, seconds, trainer.state.global_step, step_seconds, log, resumed=resume is not None)
+    step_seconds = sum(step_times) / max(len(step_times), 1)
     write_json_atomic(staging / TRAIN_LOG, {
-        **extra, "settings": asdict(settings), "base": base_model_name, "seconds": seconds, "steps": result.steps,
-        "step_seconds": step_seconds, "resumed": result.resumed, "device": str(trainer.args.device),
+        **extra, "settings": asdict(settings), "base": base_model_name, "seconds": seconds,
+        "steps": trainer.state.global_step, "step_seconds": step_seconds, "resumed": resumed,
+        "device": str(trainer.args.device), "processes": trainer.accelerator.num_processes,
         "bf16": trainer.args.bf16, "log": log,
     })
     final = out / ADAPTER_DIRNAME
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return result
 
 
 def total_steps(n_pairs: int, settings: TrainSettings) -> int:

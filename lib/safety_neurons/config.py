@@ -199,31 +199,39 @@ PROFILES: dict[str, dict[str, Any]] = {
         objectives=("harmless", "helpful"), align_harmful=48, align_benign=24, dpo_epochs=1.0, eval_prompts=24, ppl_texts=16,
     ),
     # The embedded model, the whole study sized to finish within an hour on a 2-core CPU (`make all`):
-    # two harmless seeds and the helpful objective, one DPO epoch (measured on seed 0: HarmBench refusal
-    # 0.95, benign 0.05, perplexity +2.0%, against 1.00 / 0.08 / +2.1% with two epochs), 32 held-out prompts
-    # per set, five k in the sweep. `full` runs the same study at the sizes below in about 2.6 hours.
+    # two harmless seeds and the helpful objective, one DPO epoch on 192 pairs with 32-token answers,
+    # 32 held-out prompts per set judged on 24-token answers, four k in the sweep against one random draw.
+    # At the first trial sizes (240 pairs of 40 tokens, 32-token answers, five k, two draws) the whole run
+    # took 73.5 min. One epoch was checked against two on seed 0 (240 pairs): HarmBench refusal 0.95,
+    # benign 0.05, perplexity +2.0%, against 1.00 / 0.08 / +2.1%. `full` runs the study at the sizes below.
     "default": dict(
         model=EMBEDDED_MODEL,
+        max_new_tokens=32,
         train_seeds=(0, 1),
         objectives=("harmless", "helpful"),
+        align_harmful=128,
+        align_benign=64,
+        answer_tokens=32,
         dpo_epochs=1.0,
         finding_prompts=64,
-        patch_k_pcts=(1, 2, 5, 10, 20),
-        patch_random_seeds=(0, 1),
+        patch_k_pcts=(1, 5, 10, 20),
+        patch_random_seeds=(0,),
         patch_prompts=32,
         eval_prompts=32,
-        ppl_texts=32,
-        safeguard_prompts=32,
+        eval_tokens=24,
+        ppl_texts=24,
+        safeguard_prompts=24,
         safeguard_ks=(10, 50, 100, 200, 500),
         safeguard_random_seeds=(0, 1, 2),
-        probe_prompts=64,
-        trace_pairs=12,
+        probe_prompts=48,
+        trace_pairs=8,
         ablation_k_pcts=(5, 20),
-        tune_steps=8,
+        tune_steps=6,
         tune_eval_every=2,
     ),
     # The embedded model, the full study at the RunConfig sizes: three harmless seeds, four objectives,
-    # 64 held-out prompts per set, nine k in the sweep (about 2.6 hours on a 2-core CPU).
+    # 240 preference pairs, two DPO epochs, 64 held-out prompts per set, nine k in the sweep against three
+    # random draws (about 2.6 hours on a 2-core CPU).
     "full": dict(model=EMBEDDED_MODEL),
     # The paper's setting, by hub name: needs the hub and a GPU.
     "paper": dict(

@@ -136,73 +136,146 @@ def run(
     progress: bool = True,
     notebooks_dir: Path = NOTEBOOKS_DIR,
 ) -> list[StageResult]:
-    """Execute the selected stages for a profile; return what ran and what was skipped."""
-    from .sharding import world_size
+    """Execute the selected stages for a profile; return what ran and what was skipped.
 
-    if world_size() > 1:
-        # Each process would execute every notebook and race the others on the run directory's state.
-        raise StageError(f"the notebook runner runs in one process, but this is one of {world_size()} (WORLD_SIZE): "
-                         "run it with plain `python -m safety_neurons run`; to shard the generation sweeps, call "
-                         "the stage functions from a script under torchrun or accelerate launch (safety_neurons.sharding)")
+    Under torchrun or accelerate launch (N processes) every process executes each selected notebook,
+    so that the library's sharded generation (`safety_neurons.sharding`) splits the sweeps between
+    them and stage 01 trains data-parallel; each stage's kernels join a process group of their own.
+    The main process decides what to skip and alone writes the executed notebooks, metrics and state."""
+    group = _RunnerGroup.join()
     overrides = dict(overrides or {})
     cfg = load_config(profile, overrides)
     stages = discover_stages(notebooks_dir)
     keys = stage_keys(stages, cfg)
     selected = select_stages(stages, only, from_)
     first = selected[0].number
-    missing = [s.stem for s in stages if s.number < first and not is_done(cfg, s.stem, keys[s.stem])]
+
+    def plan() -> tuple[list[str], dict[str, bool]]:
+        missing = [s.stem for s in stages if s.number < first and not is_done(cfg, s.stem, keys[s.stem])]
+        return missing, {s.stem: not force and is_done(cfg, s.stem, keys[s.stem]) for s in selected}
+
+    missing, skip = group.main_decides(plan)  # decided before any process writes anything
     if missing:
         raise StageError(
             f"stage {selected[0].stem} needs {', '.join(missing)} finished for this config first; "
             f"run `python -m safety_neurons run --profile {profile}` without --only/--from (finished stages are skipped)"
         )
     results = []
-    bar = tqdm(selected, desc=f"{profile} stages", unit="stage", disable=not progress)
+    bar = tqdm(selected, desc=f"{profile} stages", unit="stage", disable=not progress or not group.is_main)
     for stage in bar:
         bar.set_postfix_str(stage.stem)
-        if not force and is_done(cfg, stage.stem, keys[stage.stem]):
-            state = read_json(state_path(cfg, stage.stem))
+        if skip[stage.stem]:
             results.append(StageResult(stage.stem, "skipped", 0.0, read_metrics(cfg.metrics_path(stage.stem))))
             continue
-        seconds = execute_stage(stage, cfg, overrides, progress=progress)
-        metrics = read_metrics(cfg.metrics_path(stage.stem))
-        write_json_atomic(state_path(cfg, stage.stem), {"key": keys[stage.stem], "seconds": round(seconds, 2), "finished": _now()})
+        seconds = execute_stage(stage, cfg, overrides, progress=progress and group.is_main, group=group)
+        if group.is_main:
+            write_json_atomic(state_path(cfg, stage.stem), {"key": keys[stage.stem], "seconds": round(seconds, 2),
+                                                             "finished": _now(), "processes": group.size})
+            write_manifest(cfg, keys)
+        group.barrier()  # the others read the metrics the main process's kernel wrote
+        results.append(StageResult(stage.stem, "ran", seconds, read_metrics(cfg.metrics_path(stage.stem))))
+    if group.is_main:
         write_manifest(cfg, keys)
-        results.append(StageResult(stage.stem, "ran", seconds, metrics))
-    write_manifest(cfg, keys)
     return results
 
 
-def execute_stage(stage: Stage, cfg: RunConfig, overrides: Mapping[str, Any], *, progress: bool = True) -> float:
-    """Run one notebook into runs/<name>/notebooks/; the executed copy appears only on success."""
+class _RunnerGroup:
+    """The runners' own process group under a distributed launch (gloo: a few small messages between
+    stages); one process alone when there is none. The notebooks' kernels are other processes: each
+    stage gives them a fresh rendezvous port, chosen by the main process."""
+
+    def __init__(self, size: int, rank: int):
+        self.size, self.rank = size, rank
+        self.is_main = rank == 0
+
+    @classmethod
+    def join(cls) -> "_RunnerGroup":
+        from .sharding import world_size
+
+        if world_size() == 1:
+            return cls(1, 0)
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return cls(dist.get_world_size(), dist.get_rank())
+
+    def main_decides(self, decide):
+        if self.size == 1:
+            return decide()
+        import torch.distributed as dist
+
+        box = [decide() if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def kernel_env(self) -> dict[str, str]:
+        """Environment for this stage's kernels: a rendezvous of their own on a port free on the main
+        process's host (torchrun's agent store serves one group per process, and every kernel is new)."""
+        if self.size == 1:
+            return {}
+        port = self.main_decides(_free_port)
+        return {"MASTER_PORT": str(port), "TORCHELASTIC_USE_AGENT_STORE": "False"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def execute_stage(stage: Stage, cfg: RunConfig, overrides: Mapping[str, Any], *, progress: bool = True,
+                  group: _RunnerGroup | None = None) -> float:
+    """Run one notebook into runs/<name>/notebooks/; the executed copy appears only on success.
+    Under a distributed launch the other processes' copies go to notebooks/.rank<r>/."""
     import papermill as pm
 
-    out_dir = cfg.run_dir / "notebooks"
+    group = group or _RunnerGroup(1, 0)
+    out_dir = cfg.run_dir / "notebooks" / ("" if group.is_main else f".rank{group.rank}")
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{stage.stem}.ipynb"
     failed = out_dir / f"{stage.stem}.failed.ipynb"
     metrics = cfg.metrics_path(stage.stem)
-    if metrics.exists():
+    if group.is_main and metrics.exists():
         metrics.unlink()  # a stale metrics file must not pass for this run's
+    group.barrier()  # no kernel starts before the stale metrics are gone
+    env = group.kernel_env()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # papermill's kernel inherits this process's environment
     start = time.time()
-    with atomic_path(final, suffix=".ipynb") as tmp:
-        try:
-            pm.execute_notebook(
-                str(stage.path),
-                str(tmp),
-                parameters={"profile": cfg.profile, "overrides": dict(overrides)},
-                cwd=str(stage.path.parent),
-                progress_bar=progress,
-                kernel_name="python3",
-                request_save_on_cell_execute=False,
-            )
-        except pm.PapermillExecutionError as exc:
-            os.replace(tmp, failed)
-            raise StageError(f"stage {stage.stem} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
-                             f"the executed notebook is at {failed}") from None
-        if not metrics.exists():
-            os.replace(tmp, failed)
-            raise StageError(f"stage {stage.stem} finished but wrote no metrics file {metrics}; see {failed}")
+    try:
+        with atomic_path(final, suffix=".ipynb") as tmp:
+            try:
+                pm.execute_notebook(
+                    str(stage.path),
+                    str(tmp),
+                    parameters={"profile": cfg.profile, "overrides": dict(overrides)},
+                    cwd=str(stage.path.parent),
+                    progress_bar=progress,
+                    kernel_name="python3",
+                    request_save_on_cell_execute=False,
+                )
+            except pm.PapermillExecutionError as exc:
+                os.replace(tmp, failed)
+                raise StageError(f"stage {stage.stem} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
+                                 f"the executed notebook is at {failed}") from None
+            if group.is_main and not metrics.exists():
+                os.replace(tmp, failed)
+                raise StageError(f"stage {stage.stem} finished but wrote no metrics file {metrics}; see {failed}")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     if failed.exists():
         failed.unlink()
     return time.time() - start

@@ -1,9 +1,10 @@
 """Generation sweeps sharded across processes with accelerate, identical to a one-process run.
 
-Under `accelerate launch --num_processes N` (or torchrun), every process runs the same notebook code;
-each generation of the arm store (`patching_stage.run_arm`) and M1's finding answers are split
-between the processes and gathered, and only the main process writes them. One process (a plain
-`python` or Jupyter kernel) never touches torch.distributed: everything here is then the identity.
+Under `torchrun --nproc_per_node N -m safety_neurons run ...` (or accelerate launch) every process runs
+the same notebook code (the runner gives each stage's kernels a rendezvous of their own); each
+generation of the arm store (`patching_stage.run_arm`) and M1's finding answers are split between the
+processes and gathered, and only the main process writes them. One process (a plain `python` or
+Jupyter kernel) never touches torch.distributed: everything here is then the identity.
 
 Why the results are identical, not just close: every generator here sorts its prompts by length
 (stably) and cuts them into batches of `batch_size`. The split hands each process whole batches of
@@ -47,7 +48,8 @@ def is_sharded() -> bool:
 
 
 def is_main_process() -> bool:
-    return not is_sharded() or _state().is_main_process
+    """Rank 0 of the launch (RANK, as torchrun and accelerate launch set it); asking joins no group."""
+    return not is_sharded() or int(os.environ.get("RANK", "0")) == 0
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
