@@ -156,8 +156,8 @@ def test_train_command_trains_once_across_two_processes(tmp_path, monkeypatch):
     assert again[("harmless", 0)].seconds == log["seconds"]  # read back, not retrained
 
 
-def test_train_command_rejects_a_run_the_profile_does_not_have(capsys):
+def test_train_command_rejects_a_run_the_profile_does_not_have(run_root, capsys):
     from safety_neurons.cli import main
 
-    assert main(["train", "--profile", "smoke", "--objective", "reasoning"]) == 1
+    assert main(["train", "--profile", "smoke", "-p", 'objectives=["harmless"]', "--objective", "helpful"]) == 1
     assert "no training run of profile 'smoke'" in capsys.readouterr().err

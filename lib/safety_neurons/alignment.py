@@ -140,7 +140,7 @@ def train_dpo(
     if adapter_done(out):
         return _result_from_log(out)
     model, tokenizer, dev = _load_for_training(base_model_name, device)
-    dataset = dpo_dataset(tokenizer, pairs, template)
+    dataset = _shared_dataset(dpo_dataset(tokenizer, pairs, template), out)
     losses = {"loss_type": ["sigmoid"]} if settings.sft_weight == 0 else {
         "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, settings.sft_weight]}
     args = DPOConfig(**_trainer_args(out, settings, dev, len(pairs), progress), beta=settings.beta,
@@ -239,7 +239,7 @@ def train_sft(
     if adapter_done(out):
         return _result_from_log(out)
     model, tokenizer, dev = _load_for_training(base_model_name, device)
-    dataset = sft_dataset(tokenizer, conversations, template)
+    dataset = _shared_dataset(sft_dataset(tokenizer, conversations, template), out)
     args = SFTConfig(**_trainer_args(out, settings, dev, len(dataset), progress), max_length=settings.max_length,
                      completion_only_loss=True, packing=False)
     with dense_cpu_logprobs(dev):
@@ -320,6 +320,24 @@ def _trainer_args(out: Path, settings: TrainSettings, dev: torch.device, n_examp
     )
 
 
+def _shared_dataset(dataset, out: Path):
+    """Under a distributed launch, the training set as a folder every process opens: trl tokenizes it on
+    the main process first and the others reuse the cache files beside it (an in-memory dataset's cache
+    lives in one process's temporary folder, which the others cannot open). One process: unchanged."""
+    from .sharding import is_main_process, is_sharded, wait_for_everyone
+
+    if not is_sharded():
+        return dataset
+    from datasets import load_from_disk
+
+    folder = out / "dataset"
+    if is_main_process():
+        shutil.rmtree(folder, ignore_errors=True)
+        dataset.save_to_disk(str(folder))
+    wait_for_everyone()
+    return load_from_disk(str(folder))
+
+
 def _claim_on_main(out: Path, key: str) -> None:
     """claim_dir by the main process alone (another process emptying the folder while the main one
     writes would lose work); every process goes on once it is done."""
@@ -369,6 +387,7 @@ def _write_adapter(trainer, out: Path, base_model_name: str, settings: TrainSett
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
+    shutil.rmtree(out / "dataset", ignore_errors=True)  # a distributed run's shared copy of the training set
 
 
 def total_steps(n_pairs: int, settings: TrainSettings) -> int:
