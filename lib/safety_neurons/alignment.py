@@ -24,6 +24,7 @@ import torch
 from .cpu_logprobs import dense_cpu_logprobs
 from .io import claim_dir, content_key, read_json, write_json_atomic
 from .preferences import Preference
+from .sharding import done_by_main, is_sharded
 
 IA3_TARGETS = ("down_proj",)
 ADAPTER_DIRNAME = "adapter"
@@ -136,7 +137,8 @@ def train_dpo(
         raise ValueError("retain_weight > 0 needs retain_texts (general text to keep M2 close to M1 on); none given")
     retain_texts = list(retain_texts or []) if settings.retain_weight > 0 else []
     out = Path(out_dir)
-    _claim_on_main(out, content_key("dpo", base_model_name, template, asdict(settings), [asdict(p) for p in pairs], retain_texts))
+    key = content_key("dpo", base_model_name, template, asdict(settings), [asdict(p) for p in pairs], retain_texts)
+    done_by_main(lambda: claim_dir(out, key))  # one process empties a stale folder, not two racing
     if adapter_done(out):
         return _result_from_log(out)
     model, tokenizer, dev = _load_for_training(base_model_name, device)
@@ -235,7 +237,8 @@ def train_sft(
     if not conversations:
         raise ValueError("the SFT conversation set is empty: nothing to train on")
     out = Path(out_dir)
-    _claim_on_main(out, content_key("sft", base_model_name, template, asdict(settings), conversations))
+    key = content_key("sft", base_model_name, template, asdict(settings), conversations)
+    done_by_main(lambda: claim_dir(out, key))  # one process empties a stale folder, not two racing
     if adapter_done(out):
         return _result_from_log(out)
     model, tokenizer, dev = _load_for_training(base_model_name, device)
@@ -324,28 +327,18 @@ def _shared_dataset(dataset, out: Path):
     """Under a distributed launch, the training set as a folder every process opens: trl tokenizes it on
     the main process first and the others reuse the cache files beside it (an in-memory dataset's cache
     lives in one process's temporary folder, which the others cannot open). One process: unchanged."""
-    from .sharding import is_main_process, is_sharded, wait_for_everyone
-
     if not is_sharded():
         return dataset
     from datasets import load_from_disk
 
     folder = out / "dataset"
-    if is_main_process():
+
+    def save() -> None:
         shutil.rmtree(folder, ignore_errors=True)
         dataset.save_to_disk(str(folder))
-    wait_for_everyone()
+
+    done_by_main(save)
     return load_from_disk(str(folder))
-
-
-def _claim_on_main(out: Path, key: str) -> None:
-    """claim_dir by the main process alone (another process emptying the folder while the main one
-    writes would lose work); every process goes on once it is done."""
-    from .sharding import is_main_process, wait_for_everyone
-
-    if is_main_process():
-        claim_dir(out, key)
-    wait_for_everyone()
 
 
 def _train_and_save(trainer, out: Path, base_model_name: str, settings: TrainSettings, extra: dict[str, Any]) -> TrainResult:

@@ -16,7 +16,7 @@ from .config import RunConfig
 from .data import load_split
 from .io import content_key, read_json, write_json_atomic
 from .preferences import Preference, extraction_pairs, harmless_pairs, helpful_pairs, reasoning_pairs
-from .sharding import is_main_process, wait_for_everyone
+from .sharding import done_by_main
 
 STAGE = "01_alignment"
 
@@ -54,9 +54,7 @@ def run_sft(cfg: RunConfig, *, conversations_path: str | None = None, progress: 
         train_sft(cfg.model, conversations, out, template=cfg.chat_template, settings=dpo_settings(cfg, cfg.seed),
                   device=cfg.device, progress=progress)
     # Inside the SFT folder: retraining SFT (another config) removes the merged M1 with it.
-    if is_main_process():
-        save_merged_model(cfg.model, out / "adapter", m1_sft_dir(cfg))
-    wait_for_everyone()
+    done_by_main(lambda: save_merged_model(cfg.model, out / "adapter", m1_sft_dir(cfg)))
     return str(m1_sft_dir(cfg))
 
 
@@ -175,14 +173,15 @@ def train_all(cfg: RunConfig, runs: list[tuple[str, int]] | None = None, *, prog
         raise ValueError(f"{unknown} are not among this profile's training runs {training_runs(cfg)}")
     run_sft(cfg, progress=progress)
     objectives = list(dict.fromkeys(objective for objective, _ in runs))
-    if is_main_process():
+
+    def build_preferences() -> None:
         needs_m1 = (cfg.dpo_dataset == "harmless" and "harmless" in objectives) or (
             cfg.helpful_dataset == "helpful" and "helpful" in objectives)
         m1 = _load_m1(cfg) if needs_m1 else None
         for objective in objectives:
             preference_pairs(cfg, objective, m1, progress=progress)
-        del m1
-    wait_for_everyone()
+
+    done_by_main(build_preferences)
     pairs = {objective: preference_pairs(cfg, objective, None, progress=progress) for objective in objectives}
     return {(objective, seed): train_m2(cfg, objective, seed, pairs[objective], progress=progress) for objective, seed in runs}
 

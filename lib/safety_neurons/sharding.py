@@ -106,6 +106,14 @@ def main_decides(decide: Callable[[], T]) -> T:
     return box[0]
 
 
+def done_by_main(do: Callable[[], Any]) -> None:
+    """`do()` on the main process alone (a write the others must not race); every process returns once
+    it is done. Without a distributed launch: `do()`."""
+    if is_main_process():
+        do()
+    wait_for_everyone()
+
+
 def wait_for_everyone() -> None:
     if is_sharded():
         _state().wait_for_everyone()
