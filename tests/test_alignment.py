@@ -155,3 +155,26 @@ def test_sft_on_sharegpt_style_data_then_merge_gives_a_new_m1(tmp_path):
     assert not torch.allclose(m1(ids), base(ids))
     with pytest.raises(ValueError, match="conversation set is empty"):
         train_sft("tiny-random-llama", [], tmp_path / "none")
+
+
+def test_a_second_seed_on_the_same_pairs_reuses_the_reference_log_probs(tmp_path, monkeypatch):
+    from trl import DPOTrainer
+
+    calls = []
+    original = DPOTrainer.compute_ref_log_probs
+    monkeypatch.setattr(DPOTrainer, "compute_ref_log_probs", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    shared = tmp_path / "reference"
+    for seed in (0, 1):
+        settings = TrainSettings(**{**FAST.__dict__, "seed": seed})
+        train_dpo("tiny-random-llama", PAIRS, tmp_path / f"seed{seed}", settings=settings, reference_dir=shared, progress=False)
+    assert len(calls) == 2  # one pass over 8 pairs in batches of 4, for the first seed only
+    alone = train_dpo("tiny-random-llama", PAIRS, tmp_path / "alone", settings=TrainSettings(**{**FAST.__dict__, "seed": 1}),
+                      progress=False)
+    assert len(calls) == 4
+    from safety_neurons.models import read_ia3_adapter
+
+    reused, computed = (read_ia3_adapter(d)[1] for d in (tmp_path / "seed1" / ADAPTER_DIRNAME, alone.adapter_dir))
+    assert all(torch.equal(reused[name], computed[name]) for name in computed)  # cached values train the same M2
+    train_dpo("tiny-random-llama", PAIRS[:4], tmp_path / "fewer", settings=FAST, reference_dir=shared, progress=False)
+    assert len(calls) == 5  # other pairs: their own reference pass
+    assert len(list(shared.glob("train-*.json"))) == 2

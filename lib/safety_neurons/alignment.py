@@ -124,11 +124,15 @@ def train_dpo(
     template: str = "auto",
     settings: TrainSettings = TrainSettings(),
     retain_texts: list[str] | None = None,
+    reference_dir: str | Path | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> TrainResult:
     """DPO with (IA)^3 on the MLP; returns where the adapter is. A finished adapter is not retrained.
-    With `settings.retain_weight > 0`, `retain_texts` (general text) anchor M2 to M1 through a KL term."""
+    With `settings.retain_weight > 0`, `retain_texts` (general text) anchor M2 to M1 through a KL term.
+    The reference log-probabilities are cached under `reference_dir` (default: inside out_dir) by what
+    they depend on, the tokenized pairs and M1's weights: runs given one folder (the training seeds of
+    one preference set) compute them once."""
     from trl import DPOConfig
 
     if not pairs:
@@ -150,7 +154,8 @@ def train_dpo(
     retain = retain_batches(tokenizer, retain_texts, settings.retain_batch_size, settings.retain_max_tokens)
     with dense_cpu_logprobs(dev):  # the reference log-probs are computed while the trainer is built
         trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                       peft_config=ia3_mlp_config(), retain=retain, retain_weight=settings.retain_weight)
+                                       peft_config=ia3_mlp_config(), retain=retain, retain_weight=settings.retain_weight,
+                                       reference_dir=Path(reference_dir or out / "reference"))
         return _train_and_save(trainer, out, base_model_name, settings,
                                {"objective_pairs": len(pairs), "retain_texts": len(retain_texts)})
 
@@ -182,9 +187,24 @@ def _dpo_trainer_class():
     from trl import DPOTrainer
 
     class RetainDPOTrainer(DPOTrainer):
-        def __init__(self, *args, retain: list[dict], retain_weight: float, **kwargs):
+        def __init__(self, *args, retain: list[dict], retain_weight: float, reference_dir: Path, **kwargs):
+            self.reference_dir = reference_dir  # set first: trl computes the reference log-probs in __init__
             super().__init__(*args, **kwargs)
             self.retain, self.retain_weight = retain, retain_weight
+
+        def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+            # trl caches these beside the dataset under a fingerprint that differs from one trainer to the
+            # next, so two seeds on the same pairs computed them twice; here the key is their content.
+            key = content_key(dataset.to_list(), self._precompute_model_hash)
+            path = self.reference_dir / f"{name}-{key}.json"
+            if path.exists():
+                saved = read_json(path)
+                dataset = dataset.flatten_indices()  # trl's filters leave an index mapping add_column refuses
+                return dataset.add_column("ref_chosen_logps", saved["chosen"]).add_column("ref_rejected_logps", saved["rejected"])
+            out = super()._precompute_ref_logps(dataset, name, batch_size)
+            if self.accelerator.is_main_process:
+                write_json_atomic(path, {"chosen": list(out["ref_chosen_logps"]), "rejected": list(out["ref_rejected_logps"])})
+            return out
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -291,7 +311,7 @@ def _load_for_training(base_model_name: str, device: str):
     from .models import load_hf_model, resolve_device
 
     dev = resolve_device(device)
-    model, tokenizer = load_hf_model(base_model_name, dtype=torch.float32)
+    model, tokenizer = load_hf_model(base_model_name, dtype=torch.float32, attn_implementation="sdpa")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(dev), tokenizer, dev

@@ -159,7 +159,8 @@ def run_dir_of(cfg: RunConfig, objective: str, seed: int) -> Path:
 
 def train_m2(cfg: RunConfig, objective: str, seed: int, pairs: list[Preference], *, progress: bool = True) -> TrainResult:
     return train_dpo(m1_name(cfg), pairs, run_dir_of(cfg, objective, seed), template=cfg.chat_template,
-                     settings=dpo_settings(cfg, seed), retain_texts=retain_texts(cfg), device=cfg.device, progress=progress)
+                     settings=dpo_settings(cfg, seed), retain_texts=retain_texts(cfg),
+                     reference_dir=stage_dir(cfg) / objective / "reference", device=cfg.device, progress=progress)
 
 
 def train_all(cfg: RunConfig, runs: list[tuple[str, int]] | None = None, *, progress: bool = True) -> dict[tuple[str, int], TrainResult]:

@@ -207,6 +207,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     "default": dict(
         model=EMBEDDED_MODEL,
         max_new_tokens=32,
+        # A decode step on the 2-core CPU is bound by reading the weights, so wider batches are nearly free:
+        # 16 x 24 new tokens took 0.45-0.49 s per prompt, 32 rows 0.33-0.37 s (every set here has 32 prompts).
+        batch_size=32,
         train_seeds=(0, 1),
         objectives=("harmless", "helpful"),
         align_harmful=128,
