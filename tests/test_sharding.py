@@ -68,3 +68,14 @@ def test_two_processes_give_the_answers_of_one(tmp_path, adapter):
     arms = Path(ranks[0]["arms_dir"])
     assert arms.is_relative_to(tmp_path / "runs")  # the run's arm store, under the test's run root
     assert sorted(p.name for p in arms.iterdir()) == sorted(f"key-{n}.json" for n in report if n != "m1_generations")
+
+
+def test_forward_batches_keep_long_rows_from_padding_short_ones():
+    assert sharding.forward_batches([40] * 5, 2) == sharding.length_batches([40] * 5, 2)  # even lengths: the same
+    lengths = [40] * 6 + [300] * 3
+    batches = sharding.forward_batches(lengths, 4)
+    assert batches == [[0, 1, 2, 3], [4, 5], [6, 7, 8]]  # the 300-token rows do not join the 40-token ones
+    assert sorted(r for b in batches for r in b) == list(range(9))
+    assert all(len(b) * max(lengths[r] for r in b) <= 4 * min(lengths[r] for r in b) for b in batches)
+    with pytest.raises(ValueError, match="batch_size"):
+        sharding.forward_batches([1], 0)

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from .sharding import forward_batches
 from .generation import Generation, greedy_generate, hf_and_device, left_pad, pad_token_id, position_ids
 
 TOKEN_TYPES = ("completion", "prompt", "prompt_last")
@@ -175,11 +176,9 @@ def position_mask(prompt_lens: list[int], total_lens: list[int], width: int, tok
     return mask
 
 
-def _batches(sequences: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+def _batches(sequences: list[list[int]], batch_size: int) -> list[list[int]]:
     """Row indices in batches of similar length (less padding)."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size]
+    return forward_batches([len(s) for s in sequences], batch_size)
 
 
 @torch.no_grad()

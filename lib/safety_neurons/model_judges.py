@@ -33,6 +33,7 @@ from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 from .chat import TEMPLATES
 from .generation import pad_token_id, right_pad
 from .judge import COST_JUDGE, JUDGE_NAMES, LLAMAGUARD_JUDGE, PHRASE_JUDGE, refusal_judge
+from .sharding import forward_batches
 from .models import ModelLoadError, checkpoint_source, load_hf_model, resolve_device
 
 BEAVER_COST_MODEL = "PKU-Alignment/beaver-7b-v1.0-cost"
@@ -60,14 +61,6 @@ def _check_pairs(prompts: Sequence[str], answers: Sequence[str]) -> None:
     for i, (p, a) in enumerate(zip(prompts, answers)):
         if not isinstance(p, str) or not isinstance(a, str):
             raise TypeError(f"pair {i} is ({type(p).__name__}, {type(a).__name__}); prompts and answers must be strings")
-
-
-def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Row indices grouped by similar length, so right padding wastes little compute."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 def _last_real_index(mask: torch.Tensor) -> torch.Tensor:
@@ -271,7 +264,7 @@ class CostModelJudge:
         rows = self.encode(prompts, answers)
         pad_id = pad_token_id(self.tokenizer)
         out = np.empty(len(rows), dtype=np.float64)
-        for batch in _length_batches([len(r) for r in rows], batch_size):
+        for batch in forward_batches([len(r) for r in rows], batch_size):
             ids, mask = right_pad([rows[i] for i in batch], pad_id)
             scores = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
             out[batch] = scores[:, 0].double().cpu().numpy()
@@ -340,7 +333,7 @@ class LlamaGuardJudge:
         pad_id = pad_token_id(self.tokenizer)
         pair = torch.tensor([self.safe_id, self.unsafe_id], device=self.device)
         out = np.empty(len(rows), dtype=np.float64)
-        for batch in _length_batches([len(r) for r in rows], batch_size):
+        for batch in forward_batches([len(r) for r in rows], batch_size):
             ids, mask = right_pad([rows[i] for i in batch], pad_id)
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             end = _last_real_index(mask.to(self.device))

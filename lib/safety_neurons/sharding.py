@@ -61,6 +61,26 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def forward_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches for single forward passes (teacher forcing, judges): rows sorted by length, at most
+    `batch_size` rows, and at most `batch_size` times the batch's shortest row in padded tokens.
+
+    A forward costs its padded tokens, so a long row starts a smaller batch of long rows instead of
+    padding short ones to its length (stage 02's finding prompts mix 40-token requests with 300-token
+    jailbreaks: in batches of 32, teacher forcing took 107 s per M2 against 66 s in batches of 16).
+    Generation keeps `length_batches`: a decode step costs about the same for 16 rows as for 32."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        batch = batches[-1] if batches else None
+        if batch is None or len(batch) == batch_size or (len(batch) + 1) * lengths[i] > batch_size * max(lengths[batch[0]], 1):
+            batches.append([i])
+        else:
+            batch.append(i)
+    return batches
+
+
 def dealt_batches(batches: list[list[int]], n_processes: int) -> list[list[int]]:
     """The batches reordered so that cutting the list into `n_processes` contiguous runs, as
     accelerate's split_between_processes does (the first runs one longer when it does not divide),
