@@ -22,8 +22,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .sharding import forward_batches
 from .generation import Generation, greedy_generate, hf_and_device, left_pad, pad_token_id, position_ids
+from .sharding import forward_batches
 
 TOKEN_TYPES = ("completion", "prompt", "prompt_last")
 

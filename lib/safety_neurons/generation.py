@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .sharding import length_batches
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -123,11 +125,9 @@ def greedy_generate(
     tokenizer = bridge.tokenizer
     eos_ids = eos_token_ids(hf, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     results: list[Generation | None] = [None] * len(prompt_ids)
     bar = tqdm(total=len(prompt_ids), desc=desc, unit="prompt", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+    for rows in length_batches([len(p) for p in prompt_ids], batch_size):
         ids, mask = left_pad([prompt_ids[i] for i in rows], pad_id)
         stopper = None if stop_when is None else _TextStop(tokenizer, stop_when, ids.shape[1], eos_ids)
         out = hf.generate(

@@ -35,6 +35,7 @@ from .generation import checked_prompt_ids, hf_and_device, left_pad, pad_token_i
 from .judge import refusal_logodds_from_logits, refusal_start_token_ids
 from .models import mlp_modules, model_shape
 from .patching import NeuronsLike, as_neuron_list, group_by_layer, post_hook_names
+from .sharding import forward_batches
 
 COMPONENTS = ("attn", "mlp")
 _COMPONENT_HOOKS = {"attn": "blocks.{layer}.hook_attn_out", "mlp": "blocks.{layer}.hook_mlp_out"}
@@ -149,11 +150,9 @@ def last_token_residuals(bridge, prompt_ids: Sequence[Sequence[int]], *, batch_s
         return hook
 
     out = np.zeros((len(prompts), shape.n_layers, shape.d_model), dtype=np.float32)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     pad_id = pad_token_id(bridge.tokenizer)
     with bridge.hooks(fwd_hooks=[(name, capture(layer)) for layer, name in enumerate(names)]):
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
-            rows = order[start : start + batch_size]
+        for rows in tqdm(forward_batches([len(p) for p in prompts], batch_size), desc=desc, unit="batch", disable=not progress):
             ids, mask = left_pad([prompts[i] for i in rows], pad_id)
             captured.clear()
             hf.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device),

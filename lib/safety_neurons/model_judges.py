@@ -33,8 +33,8 @@ from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 from .chat import TEMPLATES
 from .generation import pad_token_id, right_pad
 from .judge import COST_JUDGE, JUDGE_NAMES, LLAMAGUARD_JUDGE, PHRASE_JUDGE, refusal_judge
-from .sharding import forward_batches
 from .models import ModelLoadError, checkpoint_source, load_hf_model, resolve_device
+from .sharding import forward_batches
 
 BEAVER_COST_MODEL = "PKU-Alignment/beaver-7b-v1.0-cost"
 LLAMAGUARD_MODEL = "meta-llama/LlamaGuard-7b"

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .generation import Generation, checked_prompt_ids, eos_token_ids, hf_and_device, left_pad, position_ids, truncate_at_eos
 from .models import ModelLoadError, check_adapter_base, IA3_KEY, as_name_list, model_shape, read_ia3_adapter
+from .sharding import length_batches
 
 Neuron = tuple[int, int]
 NeuronsLike = Union[Sequence[Sequence[int]], np.ndarray, torch.Tensor]
@@ -520,11 +521,9 @@ def _run(runner, hf, tokenizer, prompts: list[list[int]], opts: _Options) -> lis
     eos_t = torch.tensor(eos_ids, dtype=torch.long, device=device)
     u_dtype = torch.float32 if device.type == "mps" else torch.float64
     stops = opts.stop_strings
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=opts.desc, unit="prompt", disable=not opts.progress)
-    for start in range(0, len(order), opts.batch_size):
-        rows = order[start : start + opts.batch_size]
+    for rows in length_batches([len(p) for p in prompts], opts.batch_size):
         n = len(rows)
         ids, mask = left_pad([prompts[i] for i in rows], pad_id)
         ids, mask = ids.to(device), mask.to(device)

@@ -34,6 +34,7 @@ from .generation import checked_prompt_ids, hf_and_device, left_pad, pad_token_i
 from .io import atomic_path, read_json, sha256_file, write_json_atomic
 from .models import base_fingerprint, model_shape
 from .patching import Neuron, NeuronsLike, as_neuron_list, group_by_layer, post_hook_names
+from .sharding import forward_batches
 
 META_FILE = "safeguard.json"
 ARRAYS_FILE = "safeguard.npz"
@@ -84,12 +85,10 @@ def _last_token_values(bridge, prompt_ids: Sequence[Sequence[int]], picks: dict[
     d_mlp = model_shape(bridge).d_mlp
     width = sum(d_mlp if idx is None else idx.numel() for idx in picks.values())
     out = np.empty((len(prompts), width), dtype=np.float32)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     pad_id = pad_token_id(bridge.tokenizer)
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
     with bridge.hooks(fwd_hooks=[(names[layer], capture(layer)) for layer in layers]):
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        for rows in forward_batches([len(p) for p in prompts], batch_size):
             ids, mask = left_pad([prompts[i] for i in rows], pad_id)
             captured.clear()
             try:
