@@ -104,16 +104,31 @@ def stage_work(cfg, layers: int, prompt_tokens: int, jailbreak_tokens: int) -> d
     return w
 
 
-def estimate(work: Work, shape: dict, gpu: dict, args, batch_size: int) -> tuple[float, float]:
-    """(seconds, peak GiB) of one stage."""
+def batch_prompts(batch_size: int | str, shape: dict, gpu: dict, resident: float, prompts: int, rows: int, tokens: int) -> int:
+    """Prompts per batch: an integer batch_size as it is; "auto" as the library sizes it (memory.py) from the
+    memory the resident models leave free."""
+    if batch_size != "auto":
+        return int(batch_size)
+    from safety_neurons.memory import rows_that_fit
+
+    sizes = dict(n_layers=shape["layers"], d_model=shape["d_model"], n_heads=shape["heads"], d_mlp=shape["d_mlp"],
+                 d_vocab=shape["vocab"], d_head=shape["head_dim"], n_kv_heads=shape["kv_heads"])
+    free = int(gpu["memory_gib"] * 2**30 - resident)
+    return rows_that_fit(free, sizes, tokens, BYTES, rows_per_prompt=rows, n_prompts=max(1, int(prompts)))
+
+
+def estimate(work: Work, shape: dict, gpu: dict, args, batch_size: int | str) -> tuple[float, float, list[int]]:
+    """(seconds, peak GiB, prompts per batch of each generation) of one stage."""
     n, stored = parameters(shape)
     weights = stored * BYTES
     flops = gpu["flops"] * args.mfu
     kv_per_token = 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * BYTES
-    seconds, peak = 0.0, work.models * weights
+    seconds, peak, sizes = 0.0, work.models * weights, []
     for prompts, rows, ptok, ntok in work.generate:
-        batches = math.ceil(prompts / batch_size)
-        batch_rows = min(prompts, batch_size) * rows
+        batch = batch_prompts(batch_size, shape, gpu, work.models * weights, prompts, rows, ptok + ntok)
+        sizes.append(batch)
+        batches = math.ceil(prompts / batch)
+        batch_rows = min(prompts, batch) * rows
         kv = batch_rows * (ptok + ntok) * kv_per_token
         step = (weights * (2 if rows == 2 and work.models == 2 else 1) + kv) / (gpu["bandwidth"] * args.bw_eff)
         step = max(step, 2 * n * batch_rows / flops) + args.step_ms / 1000
@@ -125,7 +140,7 @@ def estimate(work: Work, shape: dict, gpu: dict, args, batch_size: int) -> tuple
         seconds += (4 * DPO_STEP_OVERHEAD + 2) * n * work.train / (gpu["flops"] * args.train_mfu)
         # activations kept for the backward: about 34 d_model bytes per token per layer in bf16 (no recomputation)
         peak = max(peak, weights + work.train_batch_tokens * shape["layers"] * 34 * shape["d_model"])
-    return seconds, peak / 2**30
+    return seconds, peak / 2**30, sizes
 
 
 def main() -> None:
@@ -151,13 +166,15 @@ def main() -> None:
     print(f"ESTIMATED, not measured: mfu {args.mfu} (training {args.train_mfu}), bandwidth x{args.bw_eff}, "
           f"{args.step_ms:g} ms per decode step, prompts {args.prompt_tokens} tokens (jailbreak {args.jailbreak_tokens}); "
           f"CPU-measured: DPO step / plain forward+backward x{DPO_STEP_OVERHEAD}")
-    print(f"{'stage':<26} {'minutes':>8} {'peak GiB':>9}")
+    print(f"batch_size {cfg.batch_size!r}" + (" (sized as memory.py does, from the memory the models leave free)"
+                                              if cfg.batch_size == "auto" else ""))
+    print(f"{'stage':<26} {'minutes':>8} {'peak GiB':>9}  prompts per batch")
     total = 0.0
     for stage, work in stage_work(cfg, shape["layers"], args.prompt_tokens, args.jailbreak_tokens).items():
-        seconds, gib = estimate(work, shape, gpu, args, cfg.batch_size)
+        seconds, gib, batches = estimate(work, shape, gpu, args, cfg.batch_size)
         total += seconds
         flag = "  (over the GPU's memory)" if gib > gpu["memory_gib"] else ""
-        print(f"{stage:<26} {seconds / 60:>8.1f} {gib:>9.1f}{flag}")
+        print(f"{stage:<26} {seconds / 60:>8.1f} {gib:>9.1f}  {'/'.join(map(str, batches))}{flag}")
     print(f"{'total':<26} {total / 60:>8.1f}")
 
 

@@ -36,7 +36,9 @@ def test_unknown_key_names_the_valid_ones():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer or 'auto'"),
+        ({"batch_size": "big"}, "batch_size must be a positive integer or 'auto'"),
+        ({"patch_batch_size": "big"}, "patch_batch_size must be a positive integer, 'auto' or None"),
         ({"split_fractions": [0.5, 0.5, 0.5]}, "sum to 1"),
         ({"dtype": "float8"}, "dtype must be one of"),
         ({"harmful_sets": []}, "at least one prompt set"),
@@ -55,6 +57,13 @@ def test_parse_override_reads_json_or_keeps_text():
     assert parse_override("model=/models/llama") == ("model", "/models/llama")
     with pytest.raises(ValueError, match="key=value"):
         parse_override("max_new_tokens")
+
+
+def test_batch_sizes_take_auto_from_the_command_line():
+    cfg = load_config("smoke", dict([parse_override("batch_size=auto"), parse_override("patch_batch_size=auto")]))
+    assert (cfg.batch_size, cfg.patch_batch_size) == ("auto", "auto")
+    assert load_config("default").batch_size == load_config("paper").batch_size == "auto"
+    assert load_config("smoke", batch_size=3).batch_size == 3
 
 
 def test_none_strings_clear_optional_fields():

@@ -381,3 +381,28 @@ def test_ia3_neuron_scales_reads_down_proj_vectors_and_refuses_the_rest(adapter,
         ia3_neuron_scales(tmp_path, N_LAYERS, D_MLP)
     with pytest.raises(ModelLoadError, match="64 entries but the model has 48"):
         ia3_neuron_scales(adapter, N_LAYERS, 48)
+
+
+def test_auto_batches_count_a_patched_prompt_as_two_rows(m1, m2, scales, greedy, monkeypatch):
+    """batch_size="auto" sizes each generator for the longest prompt plus its answer, two rows per prompt
+    where M1's and M2's rows run together (both patched paths), one where only M1 or M2 runs (k = 0,
+    ablation); the answers are those of the batch it returns."""
+    import safety_neurons.patching as patching
+
+    calls = []
+
+    def recording(batch_size, model, lengths, **kw):
+        calls.append((batch_size, max(lengths), kw))
+        return 3
+
+    monkeypatch.setattr(patching, "fitted_rows", recording)
+    half = SUBSETS["half"]
+    fast = fast_patched_generate(m1, scales, PROMPTS, half, max_new_tokens=NEW, batch_size="auto", progress=False)
+    two = patched_generate(m1, m2, PROMPTS, half, max_new_tokens=NEW, batch_size="auto", progress=False)
+    k0 = fast_patched_generate(m1, scales, PROMPTS, [], max_new_tokens=NEW, batch_size="auto", progress=False)
+    ablated_generate(m2, PROMPTS, half, max_new_tokens=NEW, batch_size="auto", progress=False)
+    longest = max(map(len, PROMPTS))
+    assert calls == [("auto", longest, {"extra_tokens": NEW, "rows_per_prompt": r}) for r in (2, 2, 1, 1)]
+    assert ids(fast) == ids(two)
+    assert ids(fast) == ids(fast_patched_generate(m1, scales, PROMPTS, half, max_new_tokens=NEW, batch_size=3, progress=False))
+    assert ids(k0) == ids(greedy[0])

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import Generation, greedy_generate, hf_and_device, left_pad, pad_token_id, position_ids
+from .memory import BatchSize, fitted_rows
 from .sharding import forward_batches
 
 TOKEN_TYPES = ("completion", "prompt", "prompt_last")
@@ -176,9 +177,10 @@ def position_mask(prompt_lens: list[int], total_lens: list[int], width: int, tok
     return mask
 
 
-def _batches(sequences: list[list[int]], batch_size: int) -> list[list[int]]:
-    """Row indices in batches of similar length (less padding)."""
-    return forward_batches([len(s) for s in sequences], batch_size)
+def _batches(bridge, sequences: list[list[int]], batch_size: BatchSize) -> list[list[int]]:
+    """Row indices in batches of similar length (less padding), sized for `bridge` if batch_size is "auto"."""
+    lengths = [len(s) for s in sequences]
+    return forward_batches(lengths, fitted_rows(batch_size, bridge, lengths))
 
 
 @torch.no_grad()
@@ -222,7 +224,7 @@ def change_scores(
     *,
     token_type: str = "completion",
     max_new_tokens: int = 48,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     generations: list[Generation] | None = None,
     progress: bool = True,
 ) -> ChangeScores:
@@ -249,7 +251,7 @@ def change_scores(
     sq_diff = torch.zeros(shape, dtype=torch.float64)
     n_tokens = 0
     bar = tqdm(total=len(seqs), desc="change scores", unit="prompt", disable=not progress)
-    for rows in _batches(seqs, batch_size):
+    for rows in _batches(m1, seqs, batch_size):
         batch = [seqs[i] for i in rows]
         ids, mask = left_pad(batch, pad_id)
         select = position_mask([prompt_lens[i] for i in rows], [len(s) for s in batch], ids.shape[1], token_type)
@@ -286,7 +288,7 @@ def change_scores(
 
 
 @torch.no_grad()
-def activation_moments(bridge, prompt_ids: list[list[int]], *, token_type: str = "prompt", batch_size: int = 16,
+def activation_moments(bridge, prompt_ids: list[list[int]], *, token_type: str = "prompt", batch_size: BatchSize = 16,
                        progress: bool = True, desc: str = "activations") -> RunningMoments:
     """Per-neuron mean and std of `bridge` over the selected prompt positions (no generation)."""
     if token_type not in ("prompt", "prompt_last"):
@@ -295,7 +297,7 @@ def activation_moments(bridge, prompt_ids: list[list[int]], *, token_type: str =
         raise ValueError("no prompts to read activations from: the prompt set is empty")
     moments = RunningMoments(*_shape_of(bridge))
     pad_id = pad_token_id(bridge.tokenizer)
-    for rows in tqdm(list(_batches(prompt_ids, batch_size)), desc=desc, disable=not progress):
+    for rows in tqdm(list(_batches(bridge, prompt_ids, batch_size)), desc=desc, disable=not progress):
         batch = [prompt_ids[i] for i in rows]
         ids, mask = left_pad(batch, pad_id)
         select = position_mask([len(b) for b in batch], [len(b) for b in batch], ids.shape[1], token_type)
@@ -304,7 +306,7 @@ def activation_moments(bridge, prompt_ids: list[list[int]], *, token_type: str =
 
 
 def mean_difference(bridge, harmful_ids: list[list[int]], benign_ids: list[list[int]], *, token_type: str = "prompt",
-                    batch_size: int = 16, progress: bool = True) -> NeuronRanking:
+                    batch_size: BatchSize = 16, progress: bool = True) -> NeuronRanking:
     """Training-free baseline: signed mean activation on harmful minus benign prompts, one model;
     ranked by its absolute value (the tutorial's "activation difference" method, over all layers)."""
     harm = activation_moments(bridge, harmful_ids, token_type=token_type, batch_size=batch_size, progress=progress, desc="harmful")
@@ -315,7 +317,7 @@ def mean_difference(bridge, harmful_ids: list[list[int]], benign_ids: list[list[
                                                             "mean_benign": ben.mean.float()}, meta)
 
 
-def activation_variance(bridge, prompt_ids: list[list[int]], *, token_type: str = "prompt", batch_size: int = 16,
+def activation_variance(bridge, prompt_ids: list[list[int]], *, token_type: str = "prompt", batch_size: BatchSize = 16,
                         progress: bool = True) -> NeuronRanking:
     """Training-free baseline: the variance of each neuron's activation over the prompts' tokens."""
     moments = activation_moments(bridge, prompt_ids, token_type=token_type, batch_size=batch_size, progress=progress)

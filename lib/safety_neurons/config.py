@@ -39,7 +39,9 @@ class RunConfig:
     text_corpus: str = "pydoc_topics"
     max_prompts_per_split: int | None = None  # None: every prompt of the split
     max_new_tokens: int = 48
-    batch_size: int = 16
+    # Prompts per batch of generation and forward passes: an integer, used as given on every device, or
+    # "auto": as many as fit in the GPU's free memory at each call (memory.py), 32 on a CPU.
+    batch_size: int | str = "auto"
     n_setup_examples: int = 3
     train_seeds: tuple[int, ...] = (0, 1, 2)
     sft_dataset: str | None = None  # None: the model is already instruction-tuned, SFT is skipped
@@ -79,9 +81,9 @@ class RunConfig:
     patch_random_seeds: tuple[int, ...] = (0, 1, 2)
     patch_prompts: int | None = 64
     patch_path: str = "fast"
-    # Prompts per patched batch (None: batch_size). The fast path runs twice as many rows; on the
-    # 2-core CPU 32 prompts gave 55 tokens/s against 46 at 16 (benchmarks/patching_throughput.py).
-    patch_batch_size: int | None = 32
+    # Prompts per patched batch (None: batch_size; "auto" as there, a patched prompt counting two rows).
+    # On the 2-core CPU 32 prompts gave 55 tokens/s against 46 at 16 (benchmarks/patching_throughput.py).
+    patch_batch_size: int | str | None = None
     headline_pct: float = 5.0
     bootstrap_samples: int = 2000
     # Safeguard (stage 07): held-out harmful prompts per guard set (None: all), the k sweep, the k of
@@ -173,7 +175,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         patch_k_pcts=(5, 20),
         patch_random_seeds=(0, 1),
         patch_prompts=4,
-        patch_batch_size=None,
         bootstrap_samples=200,
         safeguard_prompts=4,
         safeguard_ks=(4, 8),
@@ -207,9 +208,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "default": dict(
         model=EMBEDDED_MODEL,
         max_new_tokens=32,
-        # A decode step on the 2-core CPU is bound by reading the weights, so wider batches are nearly free:
-        # 16 x 24 new tokens took 0.45-0.49 s per prompt, 32 rows 0.33-0.37 s (every set here has 32 prompts).
-        batch_size=32,
+        # "auto": 32 on a CPU, whose decode step is bound by reading the weights, so wider batches are nearly
+        # free (16 x 24 new tokens took 0.45-0.49 s per prompt, 32 rows 0.33-0.37 s; every set here has 32
+        # prompts); on a GPU as many as fit in its free memory.
+        batch_size="auto",
         train_seeds=(0, 1),
         objectives=("harmless", "helpful"),
         align_harmful=128,
@@ -235,7 +237,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The embedded model, the full study at the RunConfig sizes: three harmless seeds, four objectives,
     # 240 preference pairs, two DPO epochs, 64 held-out prompts per set, nine k in the sweep against three
     # random draws (about 2.6 hours on a 2-core CPU).
-    "full": dict(model=EMBEDDED_MODEL),
+    # Batches as it was timed (16 prompts, 32 per patched batch); batch_size="auto" gives 32 on a CPU.
+    "full": dict(model=EMBEDDED_MODEL, batch_size=16, patch_batch_size=32),
     # The paper's setting, by hub name: needs the hub and a GPU.
     "paper": dict(
         model="meta-llama/Llama-2-7b-hf",
@@ -245,7 +248,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         text_corpus="wikitext2",
         max_prompts_per_split=200,
         max_new_tokens=128,
-        batch_size=32,
+        batch_size="auto",
         train_seeds=(0, 1, 2, 3, 4),
         sft_dataset="sharegpt",
         dpo_dataset="hh_rlhf_harmless",
@@ -320,7 +323,9 @@ def _validate(cfg: RunConfig) -> None:
     need(len(cfg.split_fractions) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in cfg.split_fractions),
          f"split_fractions must be three positive numbers (alignment, finding, evaluation), got {cfg.split_fractions!r}")
     need(abs(sum(cfg.split_fractions) - 1.0) < 1e-6, f"split_fractions must sum to 1, got {sum(cfg.split_fractions)}")
-    for name in ("max_new_tokens", "batch_size", "n_setup_examples", "align_harmful", "answer_tokens",
+    need(cfg.batch_size == "auto" or (isinstance(cfg.batch_size, int) and not isinstance(cfg.batch_size, bool) and cfg.batch_size > 0),
+         f"batch_size must be a positive integer or 'auto' (sized from free GPU memory), got {cfg.batch_size!r}")
+    for name in ("max_new_tokens", "n_setup_examples", "align_harmful", "answer_tokens",
                  "dpo_batch_size", "eval_tokens", "ppl_texts", "sft_examples"):
         value = getattr(cfg, name)
         need(isinstance(value, int) and not isinstance(value, bool) and value > 0, f"{name} must be a positive integer, got {value!r}")
@@ -357,8 +362,9 @@ def _validate(cfg: RunConfig) -> None:
          "patch_random_seeds must list at least one seed")
     need(cfg.patch_prompts is None or (isinstance(cfg.patch_prompts, int) and cfg.patch_prompts > 0),
          f"patch_prompts must be a positive integer or None, got {cfg.patch_prompts!r}")
-    need(cfg.patch_batch_size is None or (isinstance(cfg.patch_batch_size, int) and cfg.patch_batch_size > 0),
-         f"patch_batch_size must be a positive integer or None, got {cfg.patch_batch_size!r}")
+    need(cfg.patch_batch_size in (None, "auto") or (isinstance(cfg.patch_batch_size, int) and not isinstance(cfg.patch_batch_size, bool)
+                                                    and cfg.patch_batch_size > 0),
+         f"patch_batch_size must be a positive integer, 'auto' or None (batch_size's), got {cfg.patch_batch_size!r}")
     need(cfg.safeguard_prompts is None or (isinstance(cfg.safeguard_prompts, int) and cfg.safeguard_prompts > 0),
          f"safeguard_prompts must be a positive integer or None, got {cfg.safeguard_prompts!r}")
     need(len(cfg.safeguard_ks) > 0 and all(isinstance(k, int) and k > 0 for k in cfg.safeguard_ks),

@@ -36,6 +36,21 @@ def environment_table(cfg: RunConfig):
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "dtype": str(resolve_dtype(cfg.dtype, device)).replace("torch.", ""),
         "cpu threads": str(torch.get_num_threads()),
+        "batch_size": _batch_size_text(cfg.batch_size, device),
         **{p: _version(p) or "not installed" for p in MANIFEST_PACKAGES},
     }
     return pd.DataFrame({"value": rows})
+
+
+def _batch_size_text(batch_size, device) -> str:
+    """The config's batch_size and, for "auto", what it means on this device."""
+    import torch
+
+    from .memory import CPU_ROWS
+
+    if batch_size != "auto":
+        return str(batch_size)
+    if device.type != "cuda":
+        return f"auto ({CPU_ROWS} on a {device.type.upper()})"
+    free, total = torch.cuda.mem_get_info(device)
+    return f"auto (sized per call from free GPU memory: {free / 2**30:.1f} of {total / 2**30:.1f} GiB free now)"

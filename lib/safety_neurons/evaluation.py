@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from .generation import Generation, answer_prompts, encode_texts, hf_and_device, pad_token_id, right_pad
 from .judge import refusal_judge, refusal_logodds
+from .memory import BatchSize, fitted_rows
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class RefusalEval:
         return sum(self.logodds) / len(self.logodds)
 
 
-def evaluate_refusal(bridge, prompts: list[str], *, template: str, max_new_tokens: int, batch_size: int,
+def evaluate_refusal(bridge, prompts: list[str], *, template: str, max_new_tokens: int, batch_size: BatchSize,
                      progress: bool = True, desc: str = "evaluate") -> RefusalEval:
     """Greedy answers judged by the phrase judge, plus the model's refusal log-odds."""
     answers = answer_prompts(bridge, prompts, template=template, max_new_tokens=max_new_tokens,
@@ -38,7 +39,7 @@ def evaluate_refusal(bridge, prompts: list[str], *, template: str, max_new_token
 
 
 @torch.no_grad()
-def perplexity(bridge, texts: list[str], *, batch_size: int = 8, max_tokens: int = 256, progress: bool = True,
+def perplexity(bridge, texts: list[str], *, batch_size: BatchSize = 8, max_tokens: int = 256, progress: bool = True,
                forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> float:
     """exp(mean next-token NLL) over all tokens of `texts` (each truncated to `max_tokens`).
     `forward(ids, mask) -> logits` replaces the bridge's own forward (e.g. a patched one)."""
@@ -48,6 +49,8 @@ def perplexity(bridge, texts: list[str], *, batch_size: int = 8, max_tokens: int
     hf, device = hf_and_device(bridge)
     pad_id = pad_token_id(tokenizer)
     encoded = encode_texts(tokenizer, texts, max_tokens)
+    # a replaced forward is a patched one, which runs M2's rows beside M1's
+    batch_size = fitted_rows(batch_size, hf, [len(e) for e in encoded], rows_per_prompt=1 if forward is None else 2)
     total_nll, total_tokens = 0.0, 0
     for start in tqdm(range(0, len(encoded), batch_size), desc="perplexity", disable=not progress):
         ids, mask = right_pad(encoded[start : start + batch_size], pad_id)

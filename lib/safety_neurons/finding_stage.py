@@ -59,6 +59,7 @@ def m1_generations(cfg: RunConfig, m1, prompt_ids: list[list[int]], *, progress:
     """M1's greedy answers on the finding prompts, generated once and cached with their ids (shared out
     between the processes of a distributed launch, see sharding.py)."""
     from .generation import greedy_generate
+    from .memory import fitted_rows
     from .sharding import is_main_process, main_decides, sharded_generate
 
     path = stage_dir(cfg) / "m1_generations.json"
@@ -71,9 +72,11 @@ def m1_generations(cfg: RunConfig, m1, prompt_ids: list[list[int]], *, progress:
     cached = main_decides(stored)
     if cached is not None:
         return [Generation(**g) for g in cached]
-    generations = sharded_generate(lambda ids: greedy_generate(m1, ids, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+    # "auto" is sized once, by the main process, so every process cuts the batches a one-process run would
+    rows = main_decides(lambda: fitted_rows(cfg.batch_size, m1, [len(p) for p in prompt_ids], extra_tokens=cfg.max_new_tokens))
+    generations = sharded_generate(lambda ids: greedy_generate(m1, ids, max_new_tokens=cfg.max_new_tokens, batch_size=rows,
                                                                progress=progress, desc="M1 generates"),
-                                   prompt_ids, cfg.batch_size)
+                                   prompt_ids, rows)
     if is_main_process():
         write_json_atomic(path, {"key": key, "generations": [asdict(g) for g in generations]})
     return generations

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .memory import BatchSize, explained_oom, fitted_rows
 from .sharding import length_batches
 
 
@@ -108,7 +109,7 @@ def greedy_generate(
     prompt_ids: list[list[int]],
     *,
     max_new_tokens: int,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     progress: bool = True,
     desc: str = "generate",
     stop_when: Callable[[str], bool] | None = None,
@@ -119,37 +120,40 @@ def greedy_generate(
     after it), as the patched generators' option of the same name does; a batch ends once every row has."""
     if len(prompt_ids) == 0:
         raise ValueError("no prompts to generate from: the prompt set is empty")
-    if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError(f"max_new_tokens and batch_size must be positive, got {max_new_tokens} and {batch_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
     hf, device = hf_and_device(bridge)
+    lengths = [len(p) for p in prompt_ids]
+    rows_per_batch = fitted_rows(batch_size, hf, lengths, extra_tokens=max_new_tokens)
     tokenizer = bridge.tokenizer
     eos_ids = eos_token_ids(hf, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     results: list[Generation | None] = [None] * len(prompt_ids)
     bar = tqdm(total=len(prompt_ids), desc=desc, unit="prompt", disable=not progress)
-    for rows in length_batches([len(p) for p in prompt_ids], batch_size):
-        ids, mask = left_pad([prompt_ids[i] for i in rows], pad_id)
-        stopper = None if stop_when is None else _TextStop(tokenizer, stop_when, ids.shape[1], eos_ids)
-        out = hf.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=eos_ids,
-            pad_token_id=pad_id,
-            # Greedy decoding must not inherit sampling knobs from the checkpoint's generation config.
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            **({} if stopper is None else {"stopping_criteria": [stopper]}),
-        )
-        new = out[:, ids.shape[1] :].tolist()
-        for b, (row, completion) in enumerate(zip(rows, new)):
-            cut = None if stopper is None or stopper.kept is None else stopper.kept[b]
-            kept, stopped = truncate_at_eos(completion[:cut], eos_ids)
-            text = tokenizer.decode(kept, skip_special_tokens=True)
-            results[row] = Generation(list(prompt_ids[row]), kept, text, stopped or cut is not None)
-        bar.update(len(rows))
+    with explained_oom(batch_size, rows_per_batch, max(lengths) + max_new_tokens):
+        for rows in length_batches(lengths, rows_per_batch):
+            ids, mask = left_pad([prompt_ids[i] for i in rows], pad_id)
+            stopper = None if stop_when is None else _TextStop(tokenizer, stop_when, ids.shape[1], eos_ids)
+            out = hf.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos_ids,
+                pad_token_id=pad_id,
+                # Greedy decoding must not inherit sampling knobs from the checkpoint's generation config.
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                **({} if stopper is None else {"stopping_criteria": [stopper]}),
+            )
+            new = out[:, ids.shape[1] :].tolist()
+            for b, (row, completion) in enumerate(zip(rows, new)):
+                cut = None if stopper is None or stopper.kept is None else stopper.kept[b]
+                kept, stopped = truncate_at_eos(completion[:cut], eos_ids)
+                text = tokenizer.decode(kept, skip_special_tokens=True)
+                results[row] = Generation(list(prompt_ids[row]), kept, text, stopped or cut is not None)
+            bar.update(len(rows))
     bar.close()
     return results  # type: ignore[return-value]
 
@@ -175,7 +179,7 @@ class _TextStop:
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def answer_prompts(bridge, prompts: list[str], *, template: str = "auto", max_new_tokens: int, batch_size: int = 16,
+def answer_prompts(bridge, prompts: list[str], *, template: str = "auto", max_new_tokens: int, batch_size: BatchSize = 16,
                    progress: bool = True, desc: str = "generate") -> list[Generation]:
     """Format prompts with the chat template, encode them and generate greedy answers."""
     from .chat import encode_prompts

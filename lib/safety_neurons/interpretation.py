@@ -35,6 +35,7 @@ from .generation import checked_prompt_ids, hf_and_device, left_pad, pad_token_i
 from .judge import refusal_logodds_from_logits, refusal_start_token_ids
 from .models import mlp_modules, model_shape
 from .patching import NeuronsLike, as_neuron_list, group_by_layer, post_hook_names
+from .memory import BatchSize, check_batch_size, fitted_rows
 from .sharding import forward_batches
 
 COMPONENTS = ("attn", "mlp")
@@ -130,15 +131,15 @@ def value_table(bridge, neurons: NeuronsLike, *, n_tokens: int = 10, change: Seq
 
 
 @torch.inference_mode()
-def last_token_residuals(bridge, prompt_ids: Sequence[Sequence[int]], *, batch_size: int = 16, progress: bool = True,
+def last_token_residuals(bridge, prompt_ids: Sequence[Sequence[int]], *, batch_size: BatchSize = 16, progress: bool = True,
                          desc: str = "residuals") -> np.ndarray:
     """[n_prompts, n_layers, d_model] float32: `blocks.{l}.hook_resid_post` at each prompt's last token.
     Batched by length with left padding and explicit positions, so padding changes nothing."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    check_batch_size(batch_size)
     prompts = checked_prompt_ids(prompt_ids)
     shape = model_shape(bridge)
     hf, device = hf_and_device(bridge)
+    lengths = [len(p) for p in prompts]
     names = hook_names(bridge, [f"blocks.{layer}.hook_resid_post" for layer in range(shape.n_layers)])
     captured: dict[int, torch.Tensor] = {}
 
@@ -152,7 +153,7 @@ def last_token_residuals(bridge, prompt_ids: Sequence[Sequence[int]], *, batch_s
     out = np.zeros((len(prompts), shape.n_layers, shape.d_model), dtype=np.float32)
     pad_id = pad_token_id(bridge.tokenizer)
     with bridge.hooks(fwd_hooks=[(name, capture(layer)) for layer, name in enumerate(names)]):
-        for rows in tqdm(forward_batches([len(p) for p in prompts], batch_size), desc=desc, unit="batch", disable=not progress):
+        for rows in tqdm(forward_batches(lengths, fitted_rows(batch_size, hf, lengths)), desc=desc, unit="batch", disable=not progress):
             ids, mask = left_pad([prompts[i] for i in rows], pad_id)
             captured.clear()
             hf.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device),
@@ -284,12 +285,11 @@ class _PairBatch:
         return refusal_logodds_from_logits(logits, self.token_ids).cpu()
 
 
-def _pair_batches(bridge, receiver_ids, source_ids, positions: int | None, batch_size: int):
+def _pair_batches(bridge, receiver_ids, source_ids, positions: int | None, batch_size: BatchSize):
     receivers, sources = checked_prompt_ids(receiver_ids, "receiver prompts"), checked_prompt_ids(source_ids, "source prompts")
     if len(receivers) != len(sources):
         raise ValueError(f"{len(receivers)} receiver prompts but {len(sources)} source prompts: pair them one to one")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    check_batch_size(batch_size)
     shared = shared_suffix_length(receivers + sources)
     if positions is not None and int(positions) < 1:
         raise ValueError(f"positions must be at least 1 (the last prompt position), got {positions}")
@@ -304,8 +304,10 @@ def _pair_batches(bridge, receiver_ids, source_ids, positions: int | None, batch
     shape = model_shape(bridge)
     aliases = {(layer, c): _COMPONENT_HOOKS[c].format(layer=layer) for layer in range(shape.n_layers) for c in COMPONENTS}
     names = dict(zip(aliases, hook_names(bridge, list(aliases.values()))))
-    _, device = hf_and_device(bridge)
+    hf, device = hf_and_device(bridge)
     token_ids = torch.tensor(refusal_start_token_ids(bridge.tokenizer), device=device)
+    # a pair holds the receiver's and the source's run at once
+    batch_size = fitted_rows(batch_size, hf, [len(p) for p in receivers + sources], rows_per_prompt=2)
     for start in range(0, len(receivers), batch_size):
         end = start + batch_size
         yield start, _PairBatch(bridge, receivers[start:end], sources[start:end], positions, names, token_ids)
@@ -313,7 +315,7 @@ def _pair_batches(bridge, receiver_ids, source_ids, positions: int | None, batch
 
 @torch.inference_mode()
 def patched_logodds(bridge, receiver_ids, source_ids, patches: Sequence[Patch], *, positions: int | None = None,
-                    batch_size: int = 16) -> np.ndarray:
+                    batch_size: BatchSize = 16) -> np.ndarray:
     """Refusal log-odds of each receiver prompt with the (layer, component) outputs of `patches` copied
     from its paired source prompt's run at the last `positions` positions (None: every position the
     prompts share at their end)."""
@@ -358,7 +360,7 @@ class Trace:
 
 
 @torch.inference_mode()
-def component_trace(bridge, receiver_ids, source_ids, *, positions: int | None = None, batch_size: int = 16,
+def component_trace(bridge, receiver_ids, source_ids, *, positions: int | None = None, batch_size: BatchSize = 16,
                     progress: bool = True, desc: str = "tracing") -> Trace:
     """Patch each layer's attention output and MLP output, one at a time, from each source prompt's run
     into its paired receiver prompt's run (at the shared closing positions) and read the refusal log-odds."""
@@ -367,15 +369,16 @@ def component_trace(bridge, receiver_ids, source_ids, *, positions: int | None =
     receiver, source = np.zeros(n), np.zeros(n)
     patched = {c: np.zeros((n_layers, n)) for c in COMPONENTS}
     used = 0
-    batches = _pair_batches(bridge, receiver_ids, source_ids, positions, batch_size)
-    for start, batch in tqdm(batches, total=math.ceil(n / batch_size) if batch_size > 0 else 0, desc=desc, unit="batch",
-                             disable=not progress):
+    bar = tqdm(total=n, desc=desc, unit="pair", disable=not progress)
+    for start, batch in _pair_batches(bridge, receiver_ids, source_ids, positions, batch_size):
         rows = slice(start, start + len(batch.source_logodds))
         receiver[rows], source[rows] = batch.logodds([]).numpy(), batch.source_logodds.numpy()
         for layer in range(n_layers):
             for component in COMPONENTS:
                 patched[component][layer, rows] = batch.logodds([(layer, component)]).numpy()
         used = batch.suffix[0].shape[1]
+        bar.update(len(batch.source_logodds))
+    bar.close()
     return Trace(receiver, source, patched, used)
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .memory import BatchSize, fitted_rows
+
 PHRASE_JUDGE = "refusal-phrase"
 COST_JUDGE = "beaver-cost"  # model judges: model_judges.py loads them
 LLAMAGUARD_JUDGE = "llamaguard"
@@ -97,7 +99,7 @@ def refusal_start_token_ids(tokenizer, starts: tuple[str, ...] = REFUSAL_STARTS)
 
 
 @torch.no_grad()
-def refusal_logodds(bridge, prompt_ids: list[list[int]], *, batch_size: int = 16, starts: tuple[str, ...] = REFUSAL_STARTS) -> list[float]:
+def refusal_logodds(bridge, prompt_ids: list[list[int]], *, batch_size: BatchSize = 16, starts: tuple[str, ...] = REFUSAL_STARTS) -> list[float]:
     """log P(refusal start) - log(1 - P) at the first answer position, per prompt."""
     from .generation import hf_and_device, left_pad, pad_token_id
 
@@ -107,6 +109,7 @@ def refusal_logodds(bridge, prompt_ids: list[list[int]], *, batch_size: int = 16
     token_ids = torch.tensor(refusal_start_token_ids(tokenizer, starts))
     pad_id = pad_token_id(tokenizer)
     hf, device = hf_and_device(bridge)
+    batch_size = fitted_rows(batch_size, hf, [len(p) for p in prompt_ids])
     scores: list[float] = []
     for start in range(0, len(prompt_ids), batch_size):
         ids, mask = left_pad(prompt_ids[start : start + batch_size], pad_id)

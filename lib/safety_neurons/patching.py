@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .generation import Generation, checked_prompt_ids, eos_token_ids, hf_and_device, left_pad, position_ids, truncate_at_eos
 from .models import ModelLoadError, check_adapter_base, IA3_KEY, as_name_list, model_shape, read_ia3_adapter
+from .memory import BatchSize, check_batch_size, explained_oom, fitted_rows
 from .sharding import length_batches
 
 Neuron = tuple[int, int]
@@ -300,6 +301,7 @@ def _decoder(hf, ids, mask, pos, cache) -> torch.Tensor:
 class _TwoModelRunner:
     def __init__(self, hf1, hf2, state: _PatchState, patch: bool):
         self.hf1, self.hf2, self.state, self.patch = hf1, hf2, state, patch
+        self.rows_per_prompt = 2 if patch else 1  # M2's rows run beside M1's, each with a cache
 
     def start(self, n_rows: int) -> None:
         self.c1 = _new_cache(self.hf1)
@@ -327,6 +329,7 @@ class _TwoModelRunner:
 class _FastRunner:
     def __init__(self, hf, state: _FastState, with_m2: bool, shared: "SharedM2Prefill | None" = None):
         self.hf, self.state, self.with_m2, self.shared = hf, state, with_m2, shared
+        self.rows_per_prompt = 2 if with_m2 else 1  # M1's and M2's rows in one batch
 
     def start(self, n_rows: int) -> None:
         self.cache = _new_cache(self.hf)
@@ -435,6 +438,8 @@ class SharedM2Prefill:
 
 
 class _SingleRunner:
+    rows_per_prompt = 1
+
     def __init__(self, hf):
         self.hf = hf
 
@@ -456,7 +461,7 @@ class _SingleRunner:
 @dataclass(frozen=True)
 class _Options:
     max_new_tokens: int
-    batch_size: int
+    batch_size: BatchSize
     do_sample: bool
     temperature: float
     top_p: float
@@ -469,8 +474,9 @@ class _Options:
 
 def _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc,
              stop_when=None) -> _Options:
-    if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError(f"max_new_tokens and batch_size must be positive, got {max_new_tokens} and {batch_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    check_batch_size(batch_size)
     if do_sample and not temperature > 0:
         raise ValueError(f"sampling needs a temperature > 0, got {temperature} (use do_sample=False for greedy)")
     if do_sample and not 0 < top_p <= 1:
@@ -482,7 +488,7 @@ def _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, st
         raise ValueError(f"stop strings must be non-empty strings, got {stops!r}")
     if stop_when is not None and not callable(stop_when):
         raise ValueError(f"stop_when must be a function of the answer text so far, got {stop_when!r}")
-    return _Options(int(max_new_tokens), int(batch_size), bool(do_sample), float(temperature), float(top_p), int(seed), stops, stop_when,
+    return _Options(int(max_new_tokens), batch_size, bool(do_sample), float(temperature), float(top_p), int(seed), stops, stop_when,
                     bool(progress), desc)
 
 
@@ -523,54 +529,58 @@ def _run(runner, hf, tokenizer, prompts: list[list[int]], opts: _Options) -> lis
     stops = opts.stop_strings
     results: list[Generation | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=opts.desc, unit="prompt", disable=not opts.progress)
-    for rows in length_batches([len(p) for p in prompts], opts.batch_size):
-        n = len(rows)
-        ids, mask = left_pad([prompts[i] for i in rows], pad_id)
-        ids, mask = ids.to(device), mask.to(device)
-        pos = position_ids(mask)
-        next_pos = pos[:, -1:] + 1
-        u = None
-        if opts.do_sample:
-            u = torch.from_numpy(np.stack([_uniforms(opts.seed, i, opts.max_new_tokens) for i in rows])).to(device=device, dtype=u_dtype)
-        out = torch.full((n, opts.max_new_tokens), pad_id, dtype=torch.long, device=device)
-        active = torch.arange(n, device=device)  # batch row -> row of `out`
-        done = torch.zeros(n, dtype=torch.bool, device=device)
-        end_step = [opts.max_new_tokens - 1] * n  # host: last kept step per row (stop strings)
-        texts_ids: list[list[int]] = [[] for _ in range(n)]
-        host_done = [False] * n
-        runner.start(n)
-        logits = runner.step(ids, mask, pos)
-        n_steps = 0
-        for step in range(opts.max_new_tokens):
-            tok = _choose(logits, None if u is None else u[:, step], opts)
-            tok = tok.masked_fill(done, pad_id)
-            out[active, step] = tok
-            done = done | (tok[:, None] == eos_t).any(-1)
-            n_steps = step + 1
-            if stops or opts.stop_when is not None:
-                done = _check_stops(tok, active, done, texts_ids, host_done, end_step, step, eos_ids, tokenizer, stops,
-                                    opts.stop_when)
-            if step == opts.max_new_tokens - 1:
-                break
-            n_done = int(done.sum())
-            if n_done == done.numel():
-                break
-            if n_done >= max(1, math.ceil(_COMPACT_SHARE * done.numel())):
-                keep = (~done).nonzero().squeeze(-1)
-                runner.select(keep)
-                active, done, tok, mask, next_pos = active[keep], done[keep], tok[keep], mask[keep], next_pos[keep]
-                if u is not None:
-                    u = u[keep]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-            logits = runner.step(tok[:, None], mask, next_pos)
-            next_pos = next_pos + 1
-        completions = out[:, :n_steps].tolist()
-        for b, row in enumerate(rows):
-            kept, stopped = truncate_at_eos(completions[b][: end_step[b] + 1], eos_ids)
-            text, cut = _cut_at_stop(tokenizer.decode(kept, skip_special_tokens=True), stops)
-            ended_early = end_step[b] < opts.max_new_tokens - 1  # a stop string or stop_when ended it
-            results[row] = Generation(list(prompts[row]), kept, text, stopped or cut or ended_early)
-        bar.update(n)
+    lengths = [len(p) for p in prompts]
+    rows_per_batch = fitted_rows(opts.batch_size, hf, lengths, extra_tokens=opts.max_new_tokens,
+                                 rows_per_prompt=runner.rows_per_prompt)
+    with explained_oom(opts.batch_size, rows_per_batch, max(lengths) + opts.max_new_tokens):
+        for rows in length_batches(lengths, rows_per_batch):
+            n = len(rows)
+            ids, mask = left_pad([prompts[i] for i in rows], pad_id)
+            ids, mask = ids.to(device), mask.to(device)
+            pos = position_ids(mask)
+            next_pos = pos[:, -1:] + 1
+            u = None
+            if opts.do_sample:
+                u = torch.from_numpy(np.stack([_uniforms(opts.seed, i, opts.max_new_tokens) for i in rows])).to(device=device, dtype=u_dtype)
+            out = torch.full((n, opts.max_new_tokens), pad_id, dtype=torch.long, device=device)
+            active = torch.arange(n, device=device)  # batch row -> row of `out`
+            done = torch.zeros(n, dtype=torch.bool, device=device)
+            end_step = [opts.max_new_tokens - 1] * n  # host: last kept step per row (stop strings)
+            texts_ids: list[list[int]] = [[] for _ in range(n)]
+            host_done = [False] * n
+            runner.start(n)
+            logits = runner.step(ids, mask, pos)
+            n_steps = 0
+            for step in range(opts.max_new_tokens):
+                tok = _choose(logits, None if u is None else u[:, step], opts)
+                tok = tok.masked_fill(done, pad_id)
+                out[active, step] = tok
+                done = done | (tok[:, None] == eos_t).any(-1)
+                n_steps = step + 1
+                if stops or opts.stop_when is not None:
+                    done = _check_stops(tok, active, done, texts_ids, host_done, end_step, step, eos_ids, tokenizer, stops,
+                                        opts.stop_when)
+                if step == opts.max_new_tokens - 1:
+                    break
+                n_done = int(done.sum())
+                if n_done == done.numel():
+                    break
+                if n_done >= max(1, math.ceil(_COMPACT_SHARE * done.numel())):
+                    keep = (~done).nonzero().squeeze(-1)
+                    runner.select(keep)
+                    active, done, tok, mask, next_pos = active[keep], done[keep], tok[keep], mask[keep], next_pos[keep]
+                    if u is not None:
+                        u = u[keep]
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+                logits = runner.step(tok[:, None], mask, next_pos)
+                next_pos = next_pos + 1
+            completions = out[:, :n_steps].tolist()
+            for b, row in enumerate(rows):
+                kept, stopped = truncate_at_eos(completions[b][: end_step[b] + 1], eos_ids)
+                text, cut = _cut_at_stop(tokenizer.decode(kept, skip_special_tokens=True), stops)
+                ended_early = end_step[b] < opts.max_new_tokens - 1  # a stop string or stop_when ended it
+                results[row] = Generation(list(prompts[row]), kept, text, stopped or cut or ended_early)
+            bar.update(n)
     bar.close()
     return results  # type: ignore[return-value]
 
@@ -614,7 +624,7 @@ def patched_generate(
     neurons: NeuronsLike,
     *,
     max_new_tokens: int,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -664,7 +674,7 @@ def fast_patched_generate(
     neurons: NeuronsLike,
     *,
     max_new_tokens: int,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -722,7 +732,7 @@ def ablated_generate(
     mode: str = "zero",
     means: Mapping[int, torch.Tensor] | NeuronsLike | None = None,
     max_new_tokens: int,
-    batch_size: int = 16,
+    batch_size: BatchSize = 16,
     do_sample: bool = False,
     temperature: float = 1.0,
     top_p: float = 1.0,
@@ -786,7 +796,7 @@ def _mean_values(means, raw_pairs, groups, d_mlp, device, dtype) -> dict[int, to
     return out
 
 
-def patched_perplexity(m1, m2, texts: list[str], neurons: NeuronsLike, *, batch_size: int = 8, max_tokens: int = 256,
+def patched_perplexity(m1, m2, texts: list[str], neurons: NeuronsLike, *, batch_size: BatchSize = 8, max_tokens: int = 256,
                        progress: bool = True) -> float:
     """Perplexity of M1 on `texts` with the chosen neurons statically patched from M2: both models read
     the same text (teacher forcing) and M2's values replace M1's at every position (the paper's

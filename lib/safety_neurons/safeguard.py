@@ -34,6 +34,7 @@ from .generation import checked_prompt_ids, hf_and_device, left_pad, pad_token_i
 from .io import atomic_path, read_json, sha256_file, write_json_atomic
 from .models import base_fingerprint, model_shape
 from .patching import Neuron, NeuronsLike, as_neuron_list, group_by_layer, post_hook_names
+from .memory import BatchSize, fitted_rows
 from .sharding import forward_batches
 
 META_FILE = "safeguard.json"
@@ -55,16 +56,16 @@ class _EnoughLayers(Exception):
 
 @torch.inference_mode()
 def _last_token_values(bridge, prompt_ids: Sequence[Sequence[int]], picks: dict[int, torch.Tensor | None], *,
-                       batch_size: int, progress: bool, desc: str) -> np.ndarray:
+                       batch_size: BatchSize, progress: bool, desc: str) -> np.ndarray:
     """[n_prompts, width] float32: for each layer of `picks` in increasing order, its hook_post at
     each prompt's last token, restricted to the neuron indices picks[layer] (None: every neuron).
 
     One forward per batch of similar-length prompts, left-padded with explicit position ids (so
     padding changes nothing), on the HF decoder only; it stops at the deepest picked layer."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
     prompts = checked_prompt_ids(prompt_ids, "prompts to read activations from")
     hf, device = hf_and_device(bridge)
+    lengths = [len(p) for p in prompts]
+    rows_per_batch = fitted_rows(batch_size, hf, lengths)
     layers = sorted(picks)
     names = post_hook_names(bridge, layers)
     picks_on_device = {layer: None if idx is None else idx.to(device) for layer, idx in picks.items()}
@@ -88,7 +89,7 @@ def _last_token_values(bridge, prompt_ids: Sequence[Sequence[int]], picks: dict[
     pad_id = pad_token_id(bridge.tokenizer)
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
     with bridge.hooks(fwd_hooks=[(names[layer], capture(layer)) for layer in layers]):
-        for rows in forward_batches([len(p) for p in prompts], batch_size):
+        for rows in forward_batches(lengths, rows_per_batch):
             ids, mask = left_pad([prompts[i] for i in rows], pad_id)
             captured.clear()
             try:
@@ -104,7 +105,7 @@ def _last_token_values(bridge, prompt_ids: Sequence[Sequence[int]], picks: dict[
     return out
 
 
-def last_token_activations(bridge, prompt_ids: list[list[int]], *, batch_size: int = 16,
+def last_token_activations(bridge, prompt_ids: list[list[int]], *, batch_size: BatchSize = 16,
                            layers: Sequence[int] | None = None, progress: bool = True,
                            desc: str = "last-token activations") -> np.ndarray:
     """Every neuron's hook_post at each prompt's last token: [n_prompts, len(layers) * d_mlp] float32.
@@ -283,7 +284,7 @@ class Safeguard:
         """True where P(unsafe) >= threshold (default: the safeguard's own threshold)."""
         return _flag(self.predict_proba_from_activations(acts), self.threshold if threshold is None else threshold)
 
-    def predict_proba(self, bridge, prompt_ids: list[list[int]], *, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+    def predict_proba(self, bridge, prompt_ids: list[list[int]], *, batch_size: BatchSize = 16, progress: bool = False) -> np.ndarray:
         """P(unsafe) per prompt, from one forward pass that hooks only the neurons' layers and stops
         after the deepest one."""
         self.check_model(bridge)
@@ -295,7 +296,7 @@ class Safeguard:
         features = values[:, [position[pair] for pair in self.neurons]].astype(np.float64)
         return self._proba_from_features(features)
 
-    def predict(self, bridge, prompt_ids: list[list[int]], *, threshold: float | None = None, batch_size: int = 16,
+    def predict(self, bridge, prompt_ids: list[list[int]], *, threshold: float | None = None, batch_size: BatchSize = 16,
                 progress: bool = False) -> np.ndarray:
         """True for the prompts whose answers the safeguard expects to be unsafe."""
         proba = self.predict_proba(bridge, prompt_ids, batch_size=batch_size, progress=progress)

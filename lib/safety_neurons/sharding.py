@@ -89,15 +89,20 @@ def dealt_batches(batches: list[list[int]], n_processes: int) -> list[list[int]]
 
 
 def sharded_generate(generate: Callable[[list[list[int]]], list[T]], prompt_ids: list[list[int]],
-                     batch_size: int) -> list[T]:
+                     batch_size: int | str) -> list[T]:
     """`generate(prompt_ids)`, each process generating its share of whole batches; every process
-    returns all results in the callers' order. Without a distributed launch: `generate(prompt_ids)`."""
+    returns all results in the callers' order. Without a distributed launch: `generate(prompt_ids)`.
+
+    With batch_size "auto" each process sizes its batches from its own free GPU memory, so batch-mates
+    can differ from a one-process run (results equal up to float noise, not bit for bit): the prompts are
+    then dealt one by one in length order, which still gives every process an even share."""
     if not is_sharded():
         return generate(prompt_ids)
     from accelerate.utils import gather_object
 
     state = _state()
-    batches = dealt_batches(length_batches([len(p) for p in prompt_ids], batch_size), state.num_processes)
+    dealt = 1 if batch_size == "auto" else int(batch_size)
+    batches = dealt_batches(length_batches([len(p) for p in prompt_ids], dealt), state.num_processes)
     with state.split_between_processes(batches) as mine:
         rows = [r for batch in mine for r in batch]
     produced = generate([prompt_ids[r] for r in rows]) if rows else []
