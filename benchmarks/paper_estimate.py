@@ -114,7 +114,7 @@ def batch_prompts(batch_size: int | str, shape: dict, gpu: dict, resident: float
     sizes = dict(n_layers=shape["layers"], d_model=shape["d_model"], n_heads=shape["heads"], d_mlp=shape["d_mlp"],
                  d_vocab=shape["vocab"], d_head=shape["head_dim"], n_kv_heads=shape["kv_heads"])
     free = int(gpu["memory_gib"] * 2**30 - resident)
-    return rows_that_fit(free, sizes, tokens, BYTES, rows_per_prompt=rows, n_prompts=max(1, int(prompts)))
+    return rows_that_fit(free, sizes, tokens, BYTES, rows_per_prompt=rows, n_prompts=max(1, int(prompts)), generation=True)
 
 
 def estimate(work: Work, shape: dict, gpu: dict, args, batch_size: int | str) -> tuple[float, float, list[int]]:

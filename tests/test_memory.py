@@ -44,6 +44,8 @@ def test_row_bytes_counts_cache_captures_logits_activations_and_attention():
     assert memory.row_bytes(SIZES, tokens=1, element_bytes=2) == 8 + 16 + 36 + 48 + 8
     # attention grows with the square of the length, the rest linearly
     assert memory.row_bytes(SIZES, 10, 2) == 10 * (8 + 16 + 36 + 48) + 2 * 100 * 4
+    # generation computes the last position's logits only
+    assert memory.row_bytes(SIZES, 10, 2, generation=True) == 10 * (8 + 16 + 48) + 36 + 2 * 100 * 4
 
 
 def test_rows_that_fit_uses_a_fraction_of_free_memory_and_the_caps():
@@ -126,7 +128,7 @@ def test_generators_size_batches_for_the_prompt_and_the_answer(monkeypatch):
     reference = greedy_generate(bridge, prompts, max_new_tokens=4, batch_size=2, progress=False)
     monkeypatch.setattr(generation, "fitted_rows", recording)
     assert greedy_generate(bridge, prompts, max_new_tokens=4, batch_size="auto", progress=False) == reference
-    assert calls == [("auto", 4, {"extra_tokens": 4})]
+    assert calls == [("auto", 4, {"extra_tokens": 4, "generation": True})]
     monkeypatch.undo()
     auto = greedy_generate(bridge, prompts, max_new_tokens=4, batch_size="auto", progress=False)
     assert auto == greedy_generate(bridge, prompts, max_new_tokens=4, batch_size=memory.CPU_ROWS, progress=False)

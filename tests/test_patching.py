@@ -402,7 +402,7 @@ def test_auto_batches_count_a_patched_prompt_as_two_rows(m1, m2, scales, greedy,
     k0 = fast_patched_generate(m1, scales, PROMPTS, [], max_new_tokens=NEW, batch_size="auto", progress=False)
     ablated_generate(m2, PROMPTS, half, max_new_tokens=NEW, batch_size="auto", progress=False)
     longest = max(map(len, PROMPTS))
-    assert calls == [("auto", longest, {"extra_tokens": NEW, "rows_per_prompt": r}) for r in (2, 2, 1, 1)]
+    assert calls == [("auto", longest, {"extra_tokens": NEW, "rows_per_prompt": r, "generation": True}) for r in (2, 2, 1, 1)]
     assert ids(fast) == ids(two)
     assert ids(fast) == ids(fast_patched_generate(m1, scales, PROMPTS, half, max_new_tokens=NEW, batch_size=3, progress=False))
     assert ids(k0) == ids(greedy[0])

@@ -73,7 +73,8 @@ def m1_generations(cfg: RunConfig, m1, prompt_ids: list[list[int]], *, progress:
     if cached is not None:
         return [Generation(**g) for g in cached]
     # "auto" is sized once, by the main process, so every process cuts the batches a one-process run would
-    rows = main_decides(lambda: fitted_rows(cfg.batch_size, m1, [len(p) for p in prompt_ids], extra_tokens=cfg.max_new_tokens))
+    rows = main_decides(lambda: fitted_rows(cfg.batch_size, m1, [len(p) for p in prompt_ids], extra_tokens=cfg.max_new_tokens,
+                                            generation=True))
     generations = sharded_generate(lambda ids: greedy_generate(m1, ids, max_new_tokens=cfg.max_new_tokens, batch_size=rows,
                                                                progress=progress, desc="M1 generates"),
                                    prompt_ids, rows)

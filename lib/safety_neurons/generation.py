@@ -124,7 +124,7 @@ def greedy_generate(
         raise ValueError(f"max_new_tokens must be positive, got {max_new_tokens}")
     hf, device = hf_and_device(bridge)
     lengths = [len(p) for p in prompt_ids]
-    rows_per_batch = fitted_rows(batch_size, hf, lengths, extra_tokens=max_new_tokens)
+    rows_per_batch = fitted_rows(batch_size, hf, lengths, extra_tokens=max_new_tokens, generation=True)
     tokenizer = bridge.tokenizer
     eos_ids = eos_token_ids(hf, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]

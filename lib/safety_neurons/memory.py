@@ -9,8 +9,8 @@ An integer batch size is used as given, on every device. `"auto"` means:
 
 The estimate reads the architecture from the Hugging Face config, so a 7B model on an 80 GB GPU and the
 embedded 135M model on a laptop both get a batch that fits, without a per-model table. It is
-deliberately pessimistic (every layer's KV cache, full-length fp32 logits, eager attention scores and
-one fp32 MLP capture per layer held at once), because an out-of-memory error in the middle of a sweep
+deliberately pessimistic (every layer's KV cache, fp32 logits at every position a pass scores, eager
+attention scores and one fp32 MLP capture per layer held at once), because an out-of-memory error in the middle of a sweep
 costs more than a batch a little smaller than it could be. When CUDA does run out of memory anyway,
 `explained_oom` turns the error into one that names the batch and the fix.
 """
@@ -62,26 +62,28 @@ def architecture(hf_config) -> dict[str, int]:
     return sizes
 
 
-def row_bytes(sizes: dict[str, int], tokens: int, element_bytes: int) -> int:
+def row_bytes(sizes: dict[str, int], tokens: int, element_bytes: int, *, generation: bool = False) -> int:
     """An upper bound on the memory one row of `tokens` tokens (prompt and answer) takes beyond the weights,
-    for generation or a teacher-forced pass with per-layer MLP captures."""
+    in a teacher-forced pass with per-layer MLP captures (logits at every position) or in `generation`
+    (logits at the last position only: HF generate's logits_to_keep=1, the patched generators' own head)."""
     per_token = (
         2 * sizes["n_layers"] * sizes["n_kv_heads"] * sizes["d_head"] * element_bytes  # KV cache, every layer
         + sizes["n_layers"] * sizes["d_mlp"] * 4  # one fp32 MLP activation per layer kept by a hook
-        + 3 * sizes["d_vocab"] * 4  # fp32 logits, their log-softmax and one temporary
         + (6 * sizes["d_model"] + 3 * sizes["d_mlp"]) * element_bytes  # one layer's activations in flight
     )
+    logits = (1 if generation else tokens) * 3 * sizes["d_vocab"] * 4  # fp32 logits, log-softmax, a temporary
     attention = 2 * sizes["n_heads"] * tokens * tokens * 4  # eager scores and their softmax, fp32, one layer
-    return tokens * per_token + attention
+    return tokens * per_token + logits + attention
 
 
 def fitted_rows(batch_size: BatchSize, model, lengths: Sequence[int], *, extra_tokens: int = 0,
-                rows_per_prompt: int = 1) -> int:
+                rows_per_prompt: int = 1, generation: bool = False) -> int:
     """The prompts per batch: `batch_size` if it is an integer; for "auto", as many prompts as fit.
 
     `model` is a TransformerBridge or a Hugging Face model; `lengths` are the prompts' token counts, of
     which the longest is sized for, plus `extra_tokens` generated; `rows_per_prompt` is how many rows one
-    prompt occupies (2 for the patched fast path, which runs M1 and M2 rows side by side)."""
+    prompt occupies (2 for the patched fast path, which runs M1 and M2 rows side by side); `generation`
+    says only the last position's logits are computed (row_bytes)."""
     check_batch_size(batch_size)
     if batch_size != "auto":
         return int(batch_size)
@@ -93,14 +95,15 @@ def fitted_rows(batch_size: BatchSize, model, lengths: Sequence[int], *, extra_t
         return CPU_ROWS
     free, _total = torch.cuda.mem_get_info(param.device)
     return rows_that_fit(free, architecture(hf.config), max(lengths) + extra_tokens, param.element_size(),
-                         rows_per_prompt=rows_per_prompt, n_prompts=len(lengths), where=str(param.device))
+                         rows_per_prompt=rows_per_prompt, n_prompts=len(lengths), where=str(param.device),
+                         generation=generation)
 
 
 def rows_that_fit(free_bytes: int, sizes: dict[str, int], tokens: int, element_bytes: int, *, rows_per_prompt: int = 1,
-                  n_prompts: int = AUTO_MAX_ROWS, where: str = "the GPU") -> int:
+                  n_prompts: int = AUTO_MAX_ROWS, where: str = "the GPU", generation: bool = False) -> int:
     """How many prompts of `tokens` tokens fit in `AUTO_MEMORY_FRACTION` of `free_bytes` (at least 1, at
     most AUTO_MAX_ROWS and n_prompts); an error if not even one does."""
-    per_prompt = rows_per_prompt * row_bytes(sizes, tokens, element_bytes)
+    per_prompt = rows_per_prompt * row_bytes(sizes, tokens, element_bytes, generation=generation)
     rows = int(free_bytes * AUTO_MEMORY_FRACTION) // per_prompt
     if rows < 1:
         raise RuntimeError(f"one prompt of {tokens} tokens needs about {per_prompt / 2**30:.2f} GiB and {where} has "

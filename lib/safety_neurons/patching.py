@@ -531,7 +531,7 @@ def _run(runner, hf, tokenizer, prompts: list[list[int]], opts: _Options) -> lis
     bar = tqdm(total=len(prompts), desc=opts.desc, unit="prompt", disable=not opts.progress)
     lengths = [len(p) for p in prompts]
     rows_per_batch = fitted_rows(opts.batch_size, hf, lengths, extra_tokens=opts.max_new_tokens,
-                                 rows_per_prompt=runner.rows_per_prompt)
+                                 rows_per_prompt=runner.rows_per_prompt, generation=True)
     with explained_oom(opts.batch_size, rows_per_batch, max(lengths) + opts.max_new_tokens):
         for rows in length_batches(lengths, rows_per_batch):
             n = len(rows)
