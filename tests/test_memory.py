@@ -9,6 +9,7 @@ from transformers import GPT2Config, LlamaConfig
 from safety_neurons import memory
 from safety_neurons.generation import greedy_generate
 from safety_neurons.models import to_bridge
+from safety_neurons.sharding import forward_batches
 from safety_neurons.tiny import tiny_model, tiny_tokenizer
 
 SIZES = dict(n_layers=1, d_model=2, n_heads=1, d_mlp=4, d_vocab=3, d_head=2, n_kv_heads=1)
@@ -68,6 +69,9 @@ def test_fitted_rows_keeps_an_integer_and_gives_the_cpu_default_for_auto():
     assert memory.fitted_rows("auto", bridge, [3, 4]) == memory.CPU_ROWS
     with pytest.raises(ValueError, match="empty"):
         memory.fitted_rows("auto", bridge, [])
+    lengths = [5, 300, 40, 41] * 10  # forward batches cap rows and padded tokens at the fitted size
+    assert memory.fitted_forward_batches("auto", bridge, lengths) == forward_batches(lengths, memory.CPU_ROWS)
+    assert memory.fitted_forward_batches(3, bridge, lengths) == forward_batches(lengths, 3)
 
 
 class _FakeCudaModel:

@@ -23,8 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import Generation, greedy_generate, hf_and_device, left_pad, pad_token_id, position_ids
-from .memory import BatchSize, fitted_rows
-from .sharding import forward_batches
+from .memory import BatchSize, fitted_forward_batches
 
 TOKEN_TYPES = ("completion", "prompt", "prompt_last")
 
@@ -177,12 +176,6 @@ def position_mask(prompt_lens: list[int], total_lens: list[int], width: int, tok
     return mask
 
 
-def _batches(bridge, sequences: list[list[int]], batch_size: BatchSize) -> list[list[int]]:
-    """Row indices in batches of similar length (less padding), sized for `bridge` if batch_size is "auto"."""
-    lengths = [len(s) for s in sequences]
-    return forward_batches(lengths, fitted_rows(batch_size, bridge, lengths))
-
-
 @torch.no_grad()
 def teacher_forced(bridge, ids: torch.Tensor, mask: torch.Tensor, select: torch.Tensor,
                    on_layer: Callable[[int, torch.Tensor], None]) -> None:
@@ -251,7 +244,7 @@ def change_scores(
     sq_diff = torch.zeros(shape, dtype=torch.float64)
     n_tokens = 0
     bar = tqdm(total=len(seqs), desc="change scores", unit="prompt", disable=not progress)
-    for rows in _batches(m1, seqs, batch_size):
+    for rows in fitted_forward_batches(batch_size, m1, [len(s) for s in seqs]):
         batch = [seqs[i] for i in rows]
         ids, mask = left_pad(batch, pad_id)
         select = position_mask([prompt_lens[i] for i in rows], [len(s) for s in batch], ids.shape[1], token_type)
@@ -297,7 +290,7 @@ def activation_moments(bridge, prompt_ids: list[list[int]], *, token_type: str =
         raise ValueError("no prompts to read activations from: the prompt set is empty")
     moments = RunningMoments(*_shape_of(bridge))
     pad_id = pad_token_id(bridge.tokenizer)
-    for rows in tqdm(list(_batches(bridge, prompt_ids, batch_size)), desc=desc, disable=not progress):
+    for rows in tqdm(fitted_forward_batches(batch_size, bridge, [len(p) for p in prompt_ids]), desc=desc, disable=not progress):
         batch = [prompt_ids[i] for i in rows]
         ids, mask = left_pad(batch, pad_id)
         select = position_mask([len(b) for b in batch], [len(b) for b in batch], ids.shape[1], token_type)

@@ -35,8 +35,7 @@ from .generation import checked_prompt_ids, hf_and_device, left_pad, pad_token_i
 from .judge import refusal_logodds_from_logits, refusal_start_token_ids
 from .models import mlp_modules, model_shape
 from .patching import NeuronsLike, as_neuron_list, group_by_layer, post_hook_names
-from .memory import BatchSize, check_batch_size, fitted_rows
-from .sharding import forward_batches
+from .memory import BatchSize, check_batch_size, fitted_forward_batches, fitted_rows
 
 COMPONENTS = ("attn", "mlp")
 _COMPONENT_HOOKS = {"attn": "blocks.{layer}.hook_attn_out", "mlp": "blocks.{layer}.hook_mlp_out"}
@@ -139,7 +138,6 @@ def last_token_residuals(bridge, prompt_ids: Sequence[Sequence[int]], *, batch_s
     prompts = checked_prompt_ids(prompt_ids)
     shape = model_shape(bridge)
     hf, device = hf_and_device(bridge)
-    lengths = [len(p) for p in prompts]
     names = hook_names(bridge, [f"blocks.{layer}.hook_resid_post" for layer in range(shape.n_layers)])
     captured: dict[int, torch.Tensor] = {}
 
@@ -153,7 +151,7 @@ def last_token_residuals(bridge, prompt_ids: Sequence[Sequence[int]], *, batch_s
     out = np.zeros((len(prompts), shape.n_layers, shape.d_model), dtype=np.float32)
     pad_id = pad_token_id(bridge.tokenizer)
     with bridge.hooks(fwd_hooks=[(name, capture(layer)) for layer, name in enumerate(names)]):
-        for rows in tqdm(forward_batches(lengths, fitted_rows(batch_size, hf, lengths)), desc=desc, unit="batch", disable=not progress):
+        for rows in tqdm(fitted_forward_batches(batch_size, hf, [len(p) for p in prompts]), desc=desc, unit="batch", disable=not progress):
             ids, mask = left_pad([prompts[i] for i in rows], pad_id)
             captured.clear()
             hf.model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids(mask).to(device),

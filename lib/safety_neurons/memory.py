@@ -22,6 +22,8 @@ from typing import Literal, Union
 
 import torch
 
+from .sharding import forward_batches
+
 BatchSize = Union[int, Literal["auto"]]
 
 CPU_ROWS = 32
@@ -97,6 +99,12 @@ def fitted_rows(batch_size: BatchSize, model, lengths: Sequence[int], *, extra_t
     return rows_that_fit(free, architecture(hf.config), max(lengths) + extra_tokens, param.element_size(),
                          rows_per_prompt=rows_per_prompt, n_prompts=len(lengths), where=str(param.device),
                          generation=generation)
+
+
+def fitted_forward_batches(batch_size: BatchSize, model, lengths: Sequence[int]) -> list[list[int]]:
+    """sharding.forward_batches of rows with these token counts, `batch_size` sized for `model` if "auto":
+    the batches of every single forward pass (teacher forcing, captures, judges)."""
+    return forward_batches(lengths, fitted_rows(batch_size, model, lengths))
 
 
 def rows_that_fit(free_bytes: int, sizes: dict[str, int], tokens: int, element_bytes: int, *, rows_per_prompt: int = 1,

@@ -34,8 +34,7 @@ from .chat import TEMPLATES
 from .generation import pad_token_id, right_pad
 from .judge import COST_JUDGE, JUDGE_NAMES, LLAMAGUARD_JUDGE, PHRASE_JUDGE, refusal_judge
 from .models import ModelLoadError, checkpoint_source, load_hf_model, resolve_device
-from .memory import BatchSize, fitted_rows
-from .sharding import forward_batches
+from .memory import BatchSize, fitted_forward_batches
 
 BEAVER_COST_MODEL = "PKU-Alignment/beaver-7b-v1.0-cost"
 LLAMAGUARD_MODEL = "meta-llama/LlamaGuard-7b"
@@ -265,8 +264,7 @@ class CostModelJudge:
         rows = self.encode(prompts, answers)
         pad_id = pad_token_id(self.tokenizer)
         out = np.empty(len(rows), dtype=np.float64)
-        lengths = [len(r) for r in rows]
-        for batch in forward_batches(lengths, fitted_rows(batch_size, self.model, lengths)):
+        for batch in fitted_forward_batches(batch_size, self.model, [len(r) for r in rows]):
             ids, mask = right_pad([rows[i] for i in batch], pad_id)
             scores = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
             out[batch] = scores[:, 0].double().cpu().numpy()
@@ -335,8 +333,7 @@ class LlamaGuardJudge:
         pad_id = pad_token_id(self.tokenizer)
         pair = torch.tensor([self.safe_id, self.unsafe_id], device=self.device)
         out = np.empty(len(rows), dtype=np.float64)
-        lengths = [len(r) for r in rows]
-        for batch in forward_batches(lengths, fitted_rows(batch_size, self.model, lengths)):
+        for batch in fitted_forward_batches(batch_size, self.model, [len(r) for r in rows]):
             ids, mask = right_pad([rows[i] for i in batch], pad_id)
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             end = _last_real_index(mask.to(self.device))

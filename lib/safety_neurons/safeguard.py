@@ -34,8 +34,7 @@ from .generation import checked_prompt_ids, hf_and_device, left_pad, pad_token_i
 from .io import atomic_path, read_json, sha256_file, write_json_atomic
 from .models import base_fingerprint, model_shape
 from .patching import Neuron, NeuronsLike, as_neuron_list, group_by_layer, post_hook_names
-from .memory import BatchSize, fitted_rows
-from .sharding import forward_batches
+from .memory import BatchSize, fitted_forward_batches
 
 META_FILE = "safeguard.json"
 ARRAYS_FILE = "safeguard.npz"
@@ -64,8 +63,7 @@ def _last_token_values(bridge, prompt_ids: Sequence[Sequence[int]], picks: dict[
     padding changes nothing), on the HF decoder only; it stops at the deepest picked layer."""
     prompts = checked_prompt_ids(prompt_ids, "prompts to read activations from")
     hf, device = hf_and_device(bridge)
-    lengths = [len(p) for p in prompts]
-    rows_per_batch = fitted_rows(batch_size, hf, lengths)
+    batches = fitted_forward_batches(batch_size, hf, [len(p) for p in prompts])
     layers = sorted(picks)
     names = post_hook_names(bridge, layers)
     picks_on_device = {layer: None if idx is None else idx.to(device) for layer, idx in picks.items()}
@@ -89,7 +87,7 @@ def _last_token_values(bridge, prompt_ids: Sequence[Sequence[int]], picks: dict[
     pad_id = pad_token_id(bridge.tokenizer)
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
     with bridge.hooks(fwd_hooks=[(names[layer], capture(layer)) for layer in layers]):
-        for rows in forward_batches(lengths, rows_per_batch):
+        for rows in batches:
             ids, mask = left_pad([prompts[i] for i in rows], pad_id)
             captured.clear()
             try:
