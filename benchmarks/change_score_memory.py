@@ -26,10 +26,10 @@ def rss_mib() -> float:
 
 
 def measure(model: str, adapter: str, n_prompts: int, tokens: int, batch_size: int) -> dict:
-    from safety_neurons.change_scores import change_scores
-    from safety_neurons.chat import encode_prompts
-    from safety_neurons.data import load_prompt_set
-    from safety_neurons.models import load_model
+    from safety_neurons.method.change_scores import change_scores
+    from safety_neurons.lm.chat import encode_prompts
+    from safety_neurons.data.registry import load_prompt_set
+    from safety_neurons.lm.models import load_model
 
     m1 = load_model(model, device="cpu")
     m2 = load_model(model, adapter=adapter, device="cpu")
@@ -58,7 +58,7 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(measure(args.model, args.adapter, args.child, args.tokens, args.batch_size)))
         return
-    from safety_neurons.alignment import random_ia3_adapter
+    from safety_neurons.method.alignment import random_ia3_adapter
 
     with tempfile.TemporaryDirectory() as tmp:
         adapter = args.adapter or str(random_ia3_adapter(args.model, tmp))

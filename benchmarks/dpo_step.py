@@ -6,7 +6,7 @@ chosen and rejected sequences through the same (IA)^3 model. Prints both and the
 
     python benchmarks/dpo_step.py [--model smollm2-135m-instruct] [--pairs 8] [--steps 4] [--trl-head]
 
-On the CPU the library scores DPO log-probs with a dense head (safety_neurons.cpu_logprobs); --trl-head
+On the CPU the library scores DPO log-probs with a dense head (safety_neurons.method.cpu_logprobs); --trl-head
 times the same steps through trl's own chunked head too.
 """
 from __future__ import annotations
@@ -30,10 +30,10 @@ def main() -> None:
 
     from peft import get_peft_model
 
-    from safety_neurons.alignment import TrainSettings, dpo_dataset, ia3_mlp_config, train_dpo
-    from safety_neurons.chat import format_prompt
-    from safety_neurons.models import load_hf_model
-    from safety_neurons.preferences import Preference
+    from safety_neurons.method.alignment import TrainSettings, dpo_dataset, ia3_mlp_config, train_dpo
+    from safety_neurons.lm.chat import format_prompt
+    from safety_neurons.lm.models import load_hf_model
+    from safety_neurons.data.preferences import Preference
 
     words = " ".join(["information"] * args.answer_words)
     pairs = [Preference(f"Question number {i}: explain the topic in detail.", f"Sure. {words}", f"No. {words} {words[:40]}", "bench")
@@ -47,7 +47,7 @@ def main() -> None:
     if args.trl_head:  # the same steps through trl's own chunked LM head (what a CPU run used before)
         import contextlib
 
-        import safety_neurons.alignment as alignment
+        import safety_neurons.method.alignment as alignment
 
         dense = alignment.dense_cpu_logprobs
         alignment.dense_cpu_logprobs = lambda device: contextlib.nullcontext()

@@ -105,11 +105,11 @@ def stage_work(cfg, layers: int, prompt_tokens: int, jailbreak_tokens: int) -> d
 
 
 def batch_prompts(batch_size: int | str, shape: dict, gpu: dict, resident: float, prompts: int, rows: int, tokens: int) -> int:
-    """Prompts per batch: an integer batch_size as it is; "auto" as the library sizes it (memory.py) from the
+    """Prompts per batch: an integer batch_size as it is; "auto" as the library sizes it (lm/memory.py) from the
     memory the resident models leave free."""
     if batch_size != "auto":
         return int(batch_size)
-    from safety_neurons.memory import rows_that_fit
+    from safety_neurons.lm.memory import rows_that_fit
 
     sizes = dict(n_layers=shape["layers"], d_model=shape["d_model"], n_heads=shape["heads"], d_mlp=shape["d_mlp"],
                  d_vocab=shape["vocab"], d_head=shape["head_dim"], n_kv_heads=shape["kv_heads"])
@@ -166,7 +166,7 @@ def main() -> None:
     print(f"ESTIMATED, not measured: mfu {args.mfu} (training {args.train_mfu}), bandwidth x{args.bw_eff}, "
           f"{args.step_ms:g} ms per decode step, prompts {args.prompt_tokens} tokens (jailbreak {args.jailbreak_tokens}); "
           f"CPU-measured: DPO step / plain forward+backward x{DPO_STEP_OVERHEAD}")
-    print(f"batch_size {cfg.batch_size!r}" + (" (sized as memory.py does, from the memory the models leave free)"
+    print(f"batch_size {cfg.batch_size!r}" + (" (sized as lm/memory.py does, from the memory the models leave free)"
                                               if cfg.batch_size == "auto" else ""))
     print(f"{'stage':<26} {'minutes':>8} {'peak GiB':>9}  prompts per batch")
     total = 0.0

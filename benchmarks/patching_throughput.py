@@ -40,10 +40,10 @@ FALLBACK_PROMPTS = [
 
 
 def prompt_ids(tokenizer, n: int) -> tuple[list[list[int]], str]:
-    from safety_neurons.chat import encode_prompts
+    from safety_neurons.lm.chat import encode_prompts
 
     try:
-        from safety_neurons.data import load_prompt_set
+        from safety_neurons.data.registry import load_prompt_set
 
         texts, source = [item.text for item in load_prompt_set("harmbench")], "harmbench"
     except Exception as exc:  # data not prepared: plain strings still measure throughput
@@ -92,10 +92,11 @@ def main() -> None:
 
     args = parse_args(__doc__, own)
 
-    from safety_neurons.alignment import random_ia3_adapter
-    from safety_neurons.generation import greedy_generate
-    from safety_neurons.models import load_model, model_shape
-    from safety_neurons.patching import fast_patched_generate, ia3_neuron_scales, k_from_percent, patched_generate
+    from safety_neurons.method.alignment import random_ia3_adapter
+    from safety_neurons.lm.generation import greedy_generate
+    from safety_neurons.lm.models import load_model, model_shape
+    from safety_neurons.method.patching import fast_patched_generate, ia3_neuron_scales, patched_generate
+    from safety_neurons.method.neurons import k_from_percent
 
     with tempfile.TemporaryDirectory() as tmp:
         adapter = Path(args.adapter) if args.adapter else random_ia3_adapter(args.model, Path(tmp) / "ia3", seed=args.seed)

@@ -28,7 +28,7 @@ FALLBACK_MODEL = "tiny-random-llama"
 
 
 def load_or_fallback(name: str, device: str, dtype: str):
-    from safety_neurons.models import load_model
+    from safety_neurons.lm.models import load_model
 
     try:
         return name, load_model(name, device=device, dtype=dtype)
@@ -55,8 +55,8 @@ def main() -> None:
 
     args = parse_args(__doc__, own)
 
-    from safety_neurons.models import base_fingerprint, model_shape
-    from safety_neurons.safeguard import Safeguard, classification_scores, last_token_activations
+    from safety_neurons.lm.models import base_fingerprint, model_shape
+    from safety_neurons.method.safeguard import Safeguard, classification_scores, last_token_activations
 
     name, bridge = load_or_fallback(args.model, args.device, args.dtype)
     shape = model_shape(bridge)

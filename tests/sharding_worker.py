@@ -12,14 +12,15 @@ from pathlib import Path
 
 import torch
 
-from safety_neurons.chat import encode_prompts
 from safety_neurons.config import load_config
-from safety_neurons.finding_stage import m1_generations
-from safety_neurons.generation import greedy_generate
-from safety_neurons.models import load_model
-from safety_neurons.patching import ablated_generate, fast_patched_generate, ia3_neuron_scales, patched_generate
-from safety_neurons.patching_stage import arms_dir, refused_already, run_arm
-from safety_neurons.sharding import is_main_process, wait_for_everyone, world_size
+from safety_neurons.lm.chat import encode_prompts
+from safety_neurons.lm.generation import greedy_generate
+from safety_neurons.lm.models import load_model
+from safety_neurons.method.patching import ablated_generate, fast_patched_generate, ia3_neuron_scales, patched_generate
+from safety_neurons.stages.s02_change_scores import m1_generations
+
+from safety_neurons.lm.sharding import is_main_process, wait_for_everyone, world_size
+from safety_neurons.study.arms import arms_dir, refused_already, run_arm
 
 # The same kernels on both sides: a one-process run with two threads may sum in another order.
 torch.set_num_threads(1)

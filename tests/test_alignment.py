@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from safety_neurons.alignment import (
+from safety_neurons.method.alignment import (
     ADAPTER_DIRNAME,
     TRAIN_LOG,
     TrainSettings,
@@ -16,10 +16,10 @@ from safety_neurons.alignment import (
     train_sft,
     training_curve,
 )
-from safety_neurons.hub_data import load_hub_conversations
-from safety_neurons.models import load_model, mlp_modules
-from safety_neurons.preferences import Preference
-from safety_neurons.tiny import tiny_tokenizer
+from safety_neurons.data.hub import load_hub_conversations
+from safety_neurons.data.preferences import Preference
+from safety_neurons.lm.models import load_model, mlp_modules
+from safety_neurons.lm.tiny import tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
 PAIRS = [Preference(f"request number {i}", "No, I can't.", f"Sure, here is item {i}.", "test") for i in range(8)]
@@ -27,7 +27,7 @@ FAST = TrainSettings(learning_rate=5e-2, epochs=2, batch_size=4, save_steps=1)
 
 
 def completion_logp(bridge, prompt: str, completion: str) -> float:
-    from safety_neurons.chat import format_prompt
+    from safety_neurons.lm.chat import format_prompt
 
     tok = bridge.tokenizer
     p = tok(format_prompt(tok, prompt), add_special_tokens=False)["input_ids"]
@@ -60,7 +60,7 @@ def test_dpo_trains_an_ia3_adapter_on_the_mlp_that_prefers_the_chosen_answers(tm
 
 def test_a_finished_adapter_is_not_retrained(tmp_path, monkeypatch):
     first = train_dpo("tiny-random-llama", PAIRS, tmp_path, settings=FAST, progress=False)
-    import safety_neurons.alignment as alignment
+    import safety_neurons.method.alignment as alignment
 
     monkeypatch.setattr(alignment, "_load_for_training", lambda *a, **k: pytest.fail("retrained a finished adapter"))
     again = train_dpo("tiny-random-llama", PAIRS, tmp_path, settings=FAST, progress=False)
@@ -107,8 +107,8 @@ def retain_divergence(adapter_dir) -> float:
     """Mean KL(M1 || M2) over the retain texts' tokens."""
     from peft import PeftModel
 
-    from safety_neurons.alignment import retain_batches, retain_kl
-    from safety_neurons.tiny import tiny_model
+    from safety_neurons.method.alignment import retain_batches, retain_kl
+    from safety_neurons.lm.tiny import tiny_model
 
     model = PeftModel.from_pretrained(tiny_model("llama"), adapter_dir).eval()
     with torch.no_grad():
@@ -171,7 +171,7 @@ def test_a_second_seed_on_the_same_pairs_reuses_the_reference_log_probs(tmp_path
     alone = train_dpo("tiny-random-llama", PAIRS, tmp_path / "alone", settings=TrainSettings(**{**FAST.__dict__, "seed": 1}),
                       progress=False)
     assert len(calls) == 4
-    from safety_neurons.models import read_ia3_adapter
+    from safety_neurons.lm.models import read_ia3_adapter
 
     reused, computed = (read_ia3_adapter(d)[1] for d in (tmp_path / "seed1" / ADAPTER_DIRNAME, alone.adapter_dir))
     assert all(torch.equal(reused[name], computed[name]) for name in computed)  # cached values train the same M2

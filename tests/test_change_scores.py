@@ -3,7 +3,7 @@ padding never leaks, rankings round-trip."""
 import pytest
 import torch
 
-from safety_neurons.change_scores import (
+from safety_neurons.method.change_scores import (
     NeuronRanking,
     RunningMoments,
     activation_variance,
@@ -12,10 +12,10 @@ from safety_neurons.change_scores import (
     neuron_hook_names,
     position_mask,
 )
-from safety_neurons.generation import greedy_generate
-from safety_neurons.models import load_model
+from safety_neurons.lm.generation import greedy_generate
+from safety_neurons.lm.models import load_model
 from test_models import make_ia3_adapter
-from safety_neurons.tiny import tiny_model
+from safety_neurons.lm.tiny import tiny_model
 
 PROMPTS = [[1, 40, 41, 42], [1, 50, 51, 52, 53, 54, 55], [1, 60], [1, 70, 71, 72, 73, 74], [1, 80, 81, 82, 83, 84, 85, 86, 87]]
 

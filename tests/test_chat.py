@@ -1,7 +1,7 @@
 import pytest
 
-from safety_neurons.chat import encode_prompts, format_prompt, resolve_template
-from safety_neurons.tiny import tiny_tokenizer
+from safety_neurons.lm.chat import encode_prompts, format_prompt, resolve_template
+from safety_neurons.lm.tiny import tiny_tokenizer
 
 
 def test_auto_uses_the_tokenizers_chat_template_when_it_has_one():

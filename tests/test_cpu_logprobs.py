@@ -4,8 +4,8 @@ import torch
 import trl.trainer.utils as trl_utils
 from trl.kernels import ChunkedLogProbFunction
 
-from safety_neurons.cpu_logprobs import dense_cpu_logprobs, dense_logprobs
-from safety_neurons.tiny import tiny_model
+from safety_neurons.lm.tiny import tiny_model
+from safety_neurons.method.cpu_logprobs import dense_cpu_logprobs, dense_logprobs
 
 OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 

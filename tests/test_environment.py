@@ -1,7 +1,7 @@
 """The environment table at the top of every notebook."""
 from safety_neurons.config import load_config
-from safety_neurons.environment import environment_table
-from safety_neurons.memory import CPU_ROWS
+from safety_neurons.lm.memory import CPU_ROWS
+from safety_neurons.study.environment import environment_table
 
 
 def test_environment_table_says_what_the_batch_size_means_here():

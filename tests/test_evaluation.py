@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from safety_neurons.evaluation import evaluate_refusal, perplexity
-from safety_neurons.models import to_bridge
-from safety_neurons.tiny import tiny_model, tiny_tokenizer
+from safety_neurons.judges.evaluation import evaluate_refusal, perplexity
+from safety_neurons.lm.models import to_bridge
+from safety_neurons.lm.tiny import tiny_model, tiny_tokenizer
 
 
 def test_perplexity_is_exp_of_the_mean_token_nll_whatever_the_batching():

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from safety_neurons.generation import answer_prompts, checked_prompt_ids, eos_token_ids, greedy_generate, left_pad, truncate_at_eos
-from safety_neurons.models import to_bridge
-from safety_neurons.tiny import tiny_model, tiny_tokenizer
+from safety_neurons.lm.generation import answer_prompts, checked_prompt_ids, eos_token_ids, greedy_generate, left_pad, truncate_at_eos
+from safety_neurons.lm.models import to_bridge
+from safety_neurons.lm.tiny import tiny_model, tiny_tokenizer
 
 
 def test_left_pad_puts_padding_on_the_left_and_masks_it():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from safety_neurons.chat import encode_prompts
-from safety_neurons.interpretation import (
+from safety_neurons.lm.chat import encode_prompts
+from safety_neurons.method.interpretation import (
     COMPONENTS,
     NeuronScales,
     answer_batch,
@@ -22,10 +22,10 @@ from safety_neurons.interpretation import (
     value_logits,
     value_table,
 )
-from safety_neurons.judge import refusal_logodds
-from safety_neurons.models import load_model, to_bridge
-from safety_neurons.patching import ia3_neuron_scales
-from safety_neurons.tiny import tiny_model, tiny_tokenizer
+from safety_neurons.judges.refusal import refusal_logodds
+from safety_neurons.lm.models import load_model, to_bridge
+from safety_neurons.lm.tiny import tiny_model, tiny_tokenizer
+from safety_neurons.method.patching import ia3_neuron_scales
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from safety_neurons.io import atomic_path, cached_array, flatten_metrics, read_metrics, write_json_atomic, write_metrics
+from safety_neurons.io import (atomic_path, cached_array, cached_json, flatten_metrics, read_metrics, stored_json,
+                               write_json_atomic, write_metrics)
 
 
 def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):
@@ -89,9 +90,43 @@ def test_cached_array_computes_once_and_then_reads_the_file(tmp_path):
         calls.append(1)
         return np.arange(6, dtype=np.float32).reshape(2, 3)
 
-    path = tmp_path / "sub" / "acts-key.npy"
-    first = cached_array(path, compute)
-    again = cached_array(path, compute)
+    path = tmp_path / "sub" / "acts.npz"
+    first = cached_array(path, "key-a", compute)
+    again = cached_array(path, "key-a", compute)
     assert len(calls) == 1 and again.dtype == np.float32
     np.testing.assert_array_equal(first, again)
-    assert [p.name for p in path.parent.iterdir()] == ["acts-key.npy"]  # no temporary file left behind
+    assert [p.name for p in path.parent.iterdir()] == ["acts.npz"]  # no temporary file left behind
+    cached_array(path, "key-b", compute)  # another key: what it is made from changed
+    assert len(calls) == 2
+
+
+def test_cached_json_recomputes_only_when_the_key_differs(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return [1, 2, len(calls)]
+
+    path = tmp_path / "result.json"
+    assert cached_json(path, "k1", compute, field="answers", meta={"judge": "refusal-phrase"}) == [1, 2, 1]
+    assert cached_json(path, "k1", compute, field="answers") == [1, 2, 1] and len(calls) == 1
+    assert json.loads(path.read_text()) == {"key": "k1", "judge": "refusal-phrase", "answers": [1, 2, 1]}
+    assert cached_json(path, "k2", compute, field="answers") == [1, 2, 2] and len(calls) == 2
+    assert stored_json(path, "k2")["answers"] == [1, 2, 2] and stored_json(path, "k1") is None
+
+
+def test_cached_json_without_a_field_keeps_the_entries_beside_the_key(tmp_path):
+    path = tmp_path / "eval.json"
+    value = {"ppl": 3.5, "evals": {"harmbench": [1]}}
+    assert cached_json(path, "k", lambda: value, field=None, meta={"judge": "j"}) == value
+    assert json.loads(path.read_text()) == {"key": "k", "judge": "j", **value}
+    assert cached_json(path, "k", lambda: pytest.fail("recomputed"), field=None, meta={"judge": "j"}) == value
+
+
+@pytest.mark.parametrize("damage", ["{\"key\": \"k\", \"val", "", "[1, 2]"])
+def test_a_damaged_cache_file_is_recomputed_with_a_warning_naming_it(tmp_path, damage):
+    path = tmp_path / "result.json"
+    path.write_text(damage)
+    with pytest.warns(UserWarning, match="result.json"):
+        assert cached_json(path, "k", lambda: 7) == 7
+    assert cached_json(path, "k", lambda: pytest.fail("recomputed")) == 7

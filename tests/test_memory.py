@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import GPT2Config, LlamaConfig
 
-from safety_neurons import memory
-from safety_neurons.generation import greedy_generate
-from safety_neurons.models import to_bridge
-from safety_neurons.sharding import forward_batches
-from safety_neurons.tiny import tiny_model, tiny_tokenizer
+from safety_neurons.lm import memory
+from safety_neurons.lm.generation import greedy_generate
+from safety_neurons.lm.models import to_bridge
+from safety_neurons.lm.sharding import forward_batches
+from safety_neurons.lm.tiny import tiny_model, tiny_tokenizer
 
 SIZES = dict(n_layers=1, d_model=2, n_heads=1, d_mlp=4, d_vocab=3, d_head=2, n_kv_heads=1)
 
@@ -119,7 +119,7 @@ def test_explained_oom_names_the_batch_and_the_fix(batch_size, fix):
 def test_generators_size_batches_for_the_prompt_and_the_answer(monkeypatch):
     """greedy_generate asks for the longest prompt plus max_new_tokens, one row per prompt, and cuts its
     batches at the answer; "auto" on the CPU gives the answers an explicit CPU_ROWS gives."""
-    import safety_neurons.generation as generation
+    import safety_neurons.lm.generation as generation
 
     calls = []
 

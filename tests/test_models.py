@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from safety_neurons.generation import greedy_generate
-from safety_neurons.models import (
+from safety_neurons.lm.generation import greedy_generate
+from safety_neurons.lm.models import (
     ModelLoadError,
     fold_ia3,
     load_model,
@@ -15,7 +15,7 @@ from safety_neurons.models import (
     to_bridge,
     write_base_fingerprint,
 )
-from safety_neurons.tiny import FAMILIES, tiny_model, tiny_tokenizer
+from safety_neurons.lm.tiny import FAMILIES, tiny_model, tiny_tokenizer
 
 IDS = torch.tensor([[1, 60, 61, 62, 63, 64, 65, 66], [0, 0, 0, 1, 70, 71, 72, 73]])
 MASK = (torch.arange(8)[None, :] >= torch.tensor([[0], [3]])).long()

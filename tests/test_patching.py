@@ -3,20 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from safety_neurons.generation import greedy_generate
-from safety_neurons.models import ModelLoadError, load_model, to_bridge
-from safety_neurons.patching import (
-    ablated_generate,
-    as_neuron_list,
-    fast_patched_generate,
-    SharedM2Prefill,
-    ia3_neuron_scales,
-    k_from_percent,
-    patched_generate,
-    random_neurons,
-    top_k,
-)
-from safety_neurons.tiny import tiny_model, tiny_tokenizer
+from safety_neurons.lm.generation import greedy_generate
+from safety_neurons.lm.models import ModelLoadError, load_model, to_bridge
+from safety_neurons.lm.tiny import tiny_model, tiny_tokenizer
+from safety_neurons.method.neurons import as_neuron_list
+from safety_neurons.method.patching import ablated_generate, fast_patched_generate, SharedM2Prefill, ia3_neuron_scales, patched_generate
 from test_models import make_ia3_adapter
 
 N_LAYERS, D_MLP = 2, 64
@@ -328,48 +319,8 @@ def test_bad_neurons_and_options_get_clear_errors(m1, m2):
     assert as_neuron_list([(1, 2), (1, 2), (0, 0)], N_LAYERS, D_MLP) == [(1, 2), (0, 0)]
 
 
-def test_k_from_percent_and_top_k():
-    assert k_from_percent(5, 46080) == 2304
-    assert k_from_percent(15, 10) == 2  # halves round up
-    assert k_from_percent(2, 10) == 0
-    assert k_from_percent(100, 128) == 128
-    with pytest.raises(ValueError, match="k = 13.*than the model's 12 neurons"):
-        k_from_percent(110, 12)
-    ranking = [(1, 5), (0, 2), (1, 0)]
-    assert top_k(ranking, 2) == [(1, 5), (0, 2)]
-    assert top_k(np.array(ranking), 0) == []
-    with pytest.raises(ValueError, match="k = 4 is larger than the ranking, which has 3 neurons"):
-        top_k(ranking, 4)
-
-    class Ranking:  # the interface of change_scores.NeuronRanking
-        n_neurons = 3
-
-        def top(self, k):
-            return torch.tensor(ranking[:k])
-
-    assert top_k(Ranking(), 2) == [(1, 5), (0, 2)]
-    with pytest.raises(ValueError, match="k = 4 is larger than the ranking, which has 3 neurons"):
-        top_k(Ranking(), 4)
-
-
-def test_random_neurons_match_per_layer_counts_are_seeded_and_unique():
-    chosen = [(0, 1), (0, 2), (0, 3), (2, 7), (5, 0), (5, 1)]
-    a = random_neurons(chosen, d_mlp=10, seed=0)
-    assert random_neurons(np.array(chosen), d_mlp=10, seed=0) == a
-    assert random_neurons(chosen, d_mlp=10, seed=1) != a
-    counts = lambda pairs: {layer: sum(1 for l, _ in pairs if l == layer) for layer, _ in pairs}  # noqa: E731
-    assert counts(a) == counts(chosen) == {0: 3, 2: 1, 5: 2}
-    assert len(set(a)) == len(a) and all(0 <= i < 10 for _, i in a)
-    full = random_neurons([(3, i) for i in range(10)], d_mlp=10, seed=4)
-    assert sorted(full) == [(3, i) for i in range(10)]  # a whole layer draws the whole layer
-    assert random_neurons([], d_mlp=10, seed=0) == []
-    # uniform within the layer: over many seeds every index gets drawn
-    seen = {i for s in range(200) for _, i in random_neurons([(0, 0)], d_mlp=10, seed=s)}
-    assert seen == set(range(10))
-
-
 def test_ia3_neuron_scales_reads_down_proj_vectors_and_refuses_the_rest(adapter, tmp_path):
-    from safety_neurons.models import read_ia3_adapter
+    from safety_neurons.lm.models import read_ia3_adapter
 
     scales = ia3_neuron_scales(adapter, N_LAYERS, D_MLP)
     _, state = read_ia3_adapter(adapter)
@@ -387,7 +338,7 @@ def test_auto_batches_count_a_patched_prompt_as_two_rows(m1, m2, scales, greedy,
     """batch_size="auto" sizes each generator for the longest prompt plus its answer, two rows per prompt
     where M1's and M2's rows run together (both patched paths), one where only M1 or M2 runs (k = 0,
     ablation); the answers are those of the batch it returns."""
-    import safety_neurons.patching as patching
+    import safety_neurons.method.patching as patching
 
     calls = []
 

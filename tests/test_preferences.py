@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from safety_neurons.judge import phrase_verdict
-from safety_neurons.preferences import (
+from safety_neurons.judges.refusal import phrase_verdict
+from safety_neurons.data.preferences import (
     extraction_pairs,
     harmless_pairs,
     helpful_pairs,

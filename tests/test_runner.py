@@ -119,7 +119,8 @@ def test_the_project_notebooks_are_numbered_from_zero():
 # A stage that shards a toy generation and asks the main process a question, as the library's sweeps do.
 SHARDED_STAGE = """
 import json, os
-from safety_neurons import load_config, sharding, stage_metrics
+from safety_neurons import load_config, stage_metrics
+from safety_neurons.lm import sharding
 cfg = load_config(profile, overrides)
 prompts = [[7] * n for n in (3, 1, 4, 1, 5, 9, 2, 6)]
 made = sharding.sharded_generate(lambda ids: [[len(x), int(os.environ['RANK'])] for x in ids], prompts, 2)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from safety_neurons.change_scores import NeuronRanking
-from safety_neurons.models import base_fingerprint, load_model, to_bridge
-from safety_neurons.safeguard import (
+from safety_neurons.lm.models import base_fingerprint, load_model, to_bridge
+from safety_neurons.method.change_scores import NeuronRanking
+from safety_neurons.method.safeguard import (
     ARRAYS_FILE,
     META_FILE,
     Safeguard,
@@ -19,7 +19,7 @@ from safety_neurons.safeguard import (
     neuron_columns,
     random_last_layer_neurons,
 )
-from safety_neurons.tiny import tiny_model, tiny_tokenizer
+from safety_neurons.lm.tiny import tiny_model, tiny_tokenizer
 
 N_LAYERS, D_MLP = 2, 64
 # random byte prompts of 3 to 12 tokens: batches of them are left-padded
@@ -169,7 +169,7 @@ def test_save_and_load_give_identical_probabilities_from_plain_files(acts, safeg
 def test_a_fresh_process_loads_the_safeguard_and_predicts_the_same(acts, safeguard, tmp_path):
     safeguard.save(tmp_path / "sg")
     np.save(tmp_path / "acts.npy", acts)
-    code = ("import json, sys, numpy as np; from safety_neurons.safeguard import Safeguard; "
+    code = ("import json, sys, numpy as np; from safety_neurons.method.safeguard import Safeguard; "
             "sg = Safeguard.load(sys.argv[1]); "
             "print(json.dumps(sg.predict_proba_from_activations(np.load(sys.argv[2])).tolist()))")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sg"), str(tmp_path / "acts.npy")],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from safety_neurons import sharding
+from safety_neurons.lm import sharding
 
 
 def split_like_accelerate(items: list, n: int, p: int) -> list:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from safety_neurons.stats import bootstrap_causal_effect, causal_effect, mcnemar_exact, paired_test
+from safety_neurons.method.stats import bootstrap_causal_effect, causal_effect, mcnemar_exact, paired_test
 
 
 def test_causal_effect_by_hand():

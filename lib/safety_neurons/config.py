@@ -9,9 +9,11 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from .names import BASELINES, JUDGE_NAMES, parse_judge
 
 # The repository root: lib/safety_neurons/config.py -> parents[2]. Runs and notebooks are found from
 # here, so a notebook opened in notebooks/ and a runner started in the root write to the same place.
@@ -40,7 +42,7 @@ class RunConfig:
     max_prompts_per_split: int | None = None  # None: every prompt of the split
     max_new_tokens: int = 48
     # Prompts per batch of generation and forward passes: an integer, used as given on every device, or
-    # "auto": as many as fit in the GPU's free memory at each call (memory.py), 32 on a CPU.
+    # "auto": as many as fit in the GPU's free memory at each call (lm/memory.py), 32 on a CPU.
     batch_size: int | str = "auto"
     n_setup_examples: int = 3
     train_seeds: tuple[int, ...] = (0, 1, 2)
@@ -388,13 +390,9 @@ def _validate(cfg: RunConfig) -> None:
          "ablation_random_seeds must list at least one seed")
     need(0 < cfg.tune_k_pct <= 100, f"tune_k_pct must be a percentage in (0, 100], got {cfg.tune_k_pct!r}")
     need(cfg.tune_learning_rate > 0, f"tune_learning_rate must be positive, got {cfg.tune_learning_rate!r}")
-    from .finding_stage import BASELINES
-
     need(isinstance(cfg.baseline_methods, tuple) and all(m in BASELINES for m in cfg.baseline_methods),
          f"baseline_methods must be among {BASELINES} (the training-free rankings of stage 02), got {cfg.baseline_methods!r}")
     need(isinstance(cfg.judges, tuple) and len(cfg.judges) > 0, f"judges must name at least one judge, got {cfg.judges!r}")
-    from .judge import JUDGE_NAMES, parse_judge
-
     names = [parse_judge(spec)[0] for spec in cfg.judges]
     for name in names:
         need(name in JUDGE_NAMES, f"unknown judge {name!r} in judges; known judges: {', '.join(JUDGE_NAMES)} "

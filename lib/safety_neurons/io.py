@@ -9,6 +9,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -48,22 +49,15 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_parquet_atomic(path: str | os.PathLike, frame, *, index: bool | None = False) -> Path:
+    """A pandas DataFrame as parquet at `path` (folders created), atomically (`index` as pandas takes it)."""
+    with atomic_path(path, suffix=".parquet") as tmp:
+        frame.to_parquet(tmp, index=index)
+    return Path(path)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def cached_array(path: str | os.PathLike, compute: Callable[[], Any]):
-    """The array saved at `path` (.npy, no pickle); computed and saved atomically when absent. The file
-    name must carry the key of what the array is made from: an existing file is trusted."""
-    import numpy as np
-
-    if Path(path).exists():
-        return np.load(path, allow_pickle=False)
-    array = np.asarray(compute())
-    # A file object, not a name: np.save would append ".npy" to the temporary name.
-    with atomic_path(path, suffix=".npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-    return array
 
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -123,6 +117,82 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# ----------------------------------------------------------------------------------------------
+# keyed caches: an artifact stored with the key of what it was made from, recomputed when the key differs
+# ----------------------------------------------------------------------------------------------
+
+
+def cached(path: str | os.PathLike, key: str, compute: Callable[[], Any], *,
+           load: Callable[[Path], tuple[str | None, Any]], save: Callable[[Path, str, Any], None]) -> Any:
+    """The artifact at `path` if it was stored under `key`; otherwise `compute()`, saved there under `key`.
+
+    The one cache idiom of the study (a stage that resumes redoes nothing finished; a changed config,
+    model or prompt set changes the key and recomputes). `load(path)` returns (stored key, value);
+    `save(tmp_path, key, value)` writes to a temporary file that is renamed onto `path` once complete.
+    A file that cannot be read is recomputed, with a warning naming it: a cache is never a blocker."""
+    final = Path(path)
+    if final.exists():
+        try:
+            stored_key, value = load(final)
+        except Exception as exc:  # noqa: BLE001 - any damage means "not cached"
+            warnings.warn(f"{final}: unreadable cached artifact ({type(exc).__name__}: {exc}); recomputing it", stacklevel=2)
+        else:
+            if stored_key == key:
+                return value
+    value = compute()
+    with atomic_path(final, suffix=final.suffix) as tmp:
+        save(tmp, key, value)
+    return value
+
+
+def stored_json(path: str | os.PathLike, key: str) -> dict | None:
+    """The JSON object at `path` when it was stored under `key` (see `cached_json`), else None."""
+    final = Path(path)
+    if not final.exists():
+        return None
+    try:
+        saved = read_json(final)
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"{final}: unreadable cached artifact ({type(exc).__name__}: {exc}); recomputing it", stacklevel=2)
+        return None
+    return saved if isinstance(saved, dict) and saved.get("key") == key else None
+
+
+def cached_json(path: str | os.PathLike, key: str, compute: Callable[[], Any], *, field: str | None = "value",
+                meta: Mapping[str, Any] | None = None) -> Any:
+    """`compute()`'s JSON-able result, stored at `path` as {"key": key, **meta, field: value}; with
+    `field=None` the result is a dict whose entries sit beside the key ({"key": key, **meta, **value})."""
+    meta = dict(meta or {})
+
+    def load(p: Path) -> tuple[str | None, Any]:
+        saved = read_json(p)
+        if field is not None:
+            return saved.get("key"), saved[field]
+        return saved.get("key"), {k: v for k, v in saved.items() if k != "key" and k not in meta}
+
+    def save(tmp: Path, k: str, value: Any) -> None:
+        stored = {"key": k, **meta, **(value if field is None else {field: value})}
+        tmp.write_text(json.dumps(stored, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+
+    return cached(path, key, compute, load=load, save=save)
+
+
+def cached_array(path: str | os.PathLike, key: str, compute: Callable[[], Any]):
+    """`compute()` as a numpy array, stored at `path` (.npz holding the array and its key; no pickle)."""
+    import numpy as np
+
+    def load(p: Path):
+        with np.load(p, allow_pickle=False) as npz:
+            return str(npz["key"]), npz["array"]
+
+    def save(tmp: Path, k: str, array) -> None:
+        # A file object, not a name: np.savez would append ".npz" to the temporary name.
+        with open(tmp, "wb") as fh:
+            np.savez(fh, array=np.asarray(array), key=np.asarray(k))
+
+    return np.asarray(cached(path, key, lambda: np.asarray(compute()), load=load, save=save))
+
+
 KEY_FILE = ".artifact_key"
 
 
@@ -135,7 +205,8 @@ def content_key(*parts: Any) -> str:
 
 
 def claim_dir(directory: str | os.PathLike, key: str) -> bool:
-    """Make `directory` hold the artifacts of `key` only.
+    """Make `directory` hold the artifacts of `key` only: the keyed cache of a folder that a tool other
+    than ours fills (a training run's checkpoints and adapter), where `cached` keys a single file.
 
     A folder written under another key (the config, the data or the base model changed) is emptied,
     so nothing stale is ever reused; a folder of the same key is kept as it is (that is how an

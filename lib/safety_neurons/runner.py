@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,13 +23,10 @@ from tqdm.auto import tqdm
 
 from .config import PROJECT_ROOT, RunConfig, load_config
 from .io import atomic_path, read_json, read_metrics, write_json_atomic
+from .study.environment import package_versions
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 _STAGE_FILE = re.compile(r"^(\d{2})_[a-z0-9_]+\.ipynb$")
-MANIFEST_PACKAGES = (
-    "torch", "transformer-lens", "transformers", "trl", "peft", "papermill", "datasets",
-    "numpy", "pandas", "scikit-learn", "scipy", "plotly", "kaleido", "safetensors", "gguf",
-)
 
 
 class StageError(RuntimeError):
@@ -73,12 +69,19 @@ def notebook_code_sha(path: Path) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
 
+LIBRARY_DIR = Path(__file__).resolve().parent
+
+
+def library_files() -> list[Path]:
+    """Every source file of the package, in every sub-package: an edit anywhere re-runs the stages."""
+    return sorted(LIBRARY_DIR.rglob("*.py"))
+
+
 def library_sha() -> str:
     """Hash of the library source and the project data checksums: code is an input too."""
     digest = hashlib.sha256()
-    lib = Path(__file__).resolve().parent
-    for path in sorted(lib.glob("*.py")):
-        digest.update(path.name.encode())
+    for path in library_files():
+        digest.update(path.relative_to(LIBRARY_DIR).as_posix().encode())
         digest.update(path.read_bytes())
     sums = PROJECT_ROOT / "data" / "SHA256SUMS"
     if sums.exists():
@@ -139,7 +142,7 @@ def run(
     """Execute the selected stages for a profile; return what ran and what was skipped.
 
     Under torchrun or accelerate launch (N processes) every process executes each selected notebook,
-    so that the library's sharded generation (`safety_neurons.sharding`) splits the sweeps between
+    so that the library's sharded generation (`safety_neurons.lm.sharding`) splits the sweeps between
     them and stage 01 trains data-parallel; each stage's kernels join a process group of their own.
     The main process decides what to skip and alone writes the executed notebooks, metrics and state."""
     group = _RunnerGroup.join()
@@ -190,7 +193,7 @@ class _RunnerGroup:
 
     @classmethod
     def join(cls) -> "_RunnerGroup":
-        from .sharding import world_size
+        from .lm.sharding import world_size
 
         if world_size() == 1:
             return cls(1, 0)
@@ -283,7 +286,7 @@ def execute_stage(stage: Stage, cfg: RunConfig, overrides: Mapping[str, Any], *,
 
 def write_manifest(cfg: RunConfig, keys: Mapping[str, str]) -> Path:
     """What produced this run directory: versions, seeds, device, git commit, stage states."""
-    from .models import resolve_device
+    from .lm.models import resolve_device
 
     stages = {}
     for stem, key in keys.items():
@@ -300,7 +303,7 @@ def write_manifest(cfg: RunConfig, keys: Mapping[str, str]) -> Path:
         "git": _git_state(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "packages": {p: _version(p) for p in MANIFEST_PACKAGES},
+        "packages": package_versions(),
         "stages": stages,
         "updated": _now(),
     }
@@ -322,13 +325,6 @@ def _git_state() -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     return {"commit": commit or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None}
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _now() -> str:

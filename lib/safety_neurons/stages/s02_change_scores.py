@@ -1,0 +1,122 @@
+"""Stage 02 (change_scores): from the trained M2s to neuron rankings every later stage reads.
+
+Artifacts under runs/<name>/artifacts/02_change_scores/:
+- `m1_generations.json`: M1's greedy answers on the neuron-finding prompts (ids kept), shared by every pair;
+- `<objective>/seed<s>/change_score.safetensors` and `top_neurons.parquet`: one per (M1, M2) pair;
+- `baselines/<method>.safetensors`: the training-free rankings (no M2 needed to find them).
+Later stages call `study.rankings.load_ranking(cfg, ...)`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from ..config import RunConfig
+from ..io import content_key, stored_json, write_json_atomic, write_parquet_atomic
+from ..lm.generation import Generation
+from ..lm.models import adapter_digest
+from ..method.change_scores import NeuronRanking, activation_variance, change_scores, mean_difference
+from ..names import BASELINES
+from ..study.checkpoints import m1_name
+from ..study.paths import CHANGE_SCORES
+from ..study.rankings import TOP_FRACTION, cached_ranking, overlap, ranking_path, top_count
+
+STAGE = CHANGE_SCORES
+
+
+def m1_generations(cfg: RunConfig, m1, prompt_ids: list[list[int]], *, progress: bool = True) -> list[Generation]:
+    """M1's greedy answers on the finding prompts, generated once and cached with their ids (shared out
+    between the processes of a distributed launch, see lm/sharding.py)."""
+    from ..lm.generation import greedy_generate
+    from ..lm.memory import fitted_rows
+    from ..lm.sharding import is_main_process, main_decides, sharded_generate
+
+    path = cfg.artifact_dir(STAGE) / "m1_generations.json"
+    key = content_key(m1_name(cfg), cfg.max_new_tokens, prompt_ids)
+
+    def stored() -> list[dict] | None:
+        saved = stored_json(path, key)
+        return None if saved is None else saved["generations"]
+
+    cached = main_decides(stored)
+    if cached is not None:
+        return [Generation(**g) for g in cached]
+    # "auto" is sized once, by the main process, so every process cuts the batches a one-process run would
+    rows = main_decides(lambda: fitted_rows(cfg.batch_size, m1, [len(p) for p in prompt_ids], extra_tokens=cfg.max_new_tokens,
+                                            generation=True))
+    generations = sharded_generate(lambda ids: greedy_generate(m1, ids, max_new_tokens=cfg.max_new_tokens, batch_size=rows,
+                                                               progress=progress, desc="M1 generates"),
+                                   prompt_ids, rows)
+    if is_main_process():
+        write_json_atomic(path, {"key": key, "generations": [asdict(g) for g in generations]})
+    return generations
+
+
+def pair_scores(cfg: RunConfig, m1, m2, adapter: Path, generations: list[Generation], objective: str, seed: int, *,
+                progress: bool = True) -> tuple[NeuronRanking, float]:
+    """Change scores of one (M1, M2) pair, cached under a key of M1's generations, M2's adapter weights
+    and the token type; returns the ranking and the seconds computing it took (as recorded when cached)."""
+    import time
+
+    path = ranking_path(cfg, objective, seed)
+    key = content_key([asdict(g) for g in generations], adapter_digest(adapter), cfg.finding_token_type)
+
+    def compute() -> NeuronRanking:
+        start = time.perf_counter()
+        ranking = change_scores(m1, m2, [g.prompt_ids for g in generations], token_type=cfg.finding_token_type,
+                                generations=generations, batch_size=cfg.batch_size, progress=progress).ranking
+        ranking.meta |= {"m1": m1_name(cfg), "objective": objective, "seed": seed, "seconds": time.perf_counter() - start}
+        write_parquet_atomic(path.with_name("top_neurons.parquet"), ranking.table(top_count(ranking)))
+        return ranking
+
+    ranking = cached_ranking(path, key, compute)
+    return ranking, ranking.meta["seconds"]
+
+
+def baseline_ranking(cfg: RunConfig, method: str, model, adapter: Path | None, harmful_ids: list[list[int]],
+                     benign_ids: list[list[int]], *, progress: bool = True) -> NeuronRanking:
+    """A training-free ranking of `model` (M1, or M1 with `adapter` folded in), read at every prompt
+    token; cached under a key of the model and the prompts."""
+    path = ranking_path(cfg, method=method)
+    key = content_key(m1_name(cfg), adapter_digest(adapter), harmful_ids, benign_ids)
+    if method not in BASELINES:
+        raise ValueError(f"unknown baseline {method!r}; use one of {', '.join(BASELINES)}")
+
+    def compute() -> NeuronRanking:
+        if method == "mean_difference":
+            ranking = mean_difference(model, harmful_ids, benign_ids, batch_size=cfg.batch_size, progress=progress)
+        else:
+            ranking = activation_variance(model, harmful_ids + benign_ids, batch_size=cfg.batch_size, progress=progress)
+        ranking.meta |= {"model": m1_name(cfg), "adapter": str(adapter) if adapter else None}
+        return ranking
+
+    return cached_ranking(path, key, compute)
+
+
+def concentration_metrics(ranking: NeuronRanking) -> dict:
+    """`top5pct.share_of_sq_change` and `top5pct.layer_share.<l>` of one ranking."""
+    k = top_count(ranking)
+    counts = ranking.layer_counts(k)
+    return {"top5pct": {"share_of_sq_change": ranking.share_of_sq(TOP_FRACTION),
+                        "layer_share": {str(layer): int(c) / k for layer, c in enumerate(counts.tolist())}}}
+
+
+def finding_metrics(cfg: RunConfig, rankings: dict[tuple[str, int], NeuronRanking], baselines: dict[str, NeuronRanking],
+                    seconds: dict[tuple[str, int], float], total_seconds: float) -> dict:
+    """Metrics of stage 02. Unprefixed: the first harmless M2; `seed<s>.`/`objective.<name>.` the others;
+    `baseline.<method>.overlap_top5pct`: share of the change-score top 5% a baseline also ranks top 5%."""
+    first = ("harmless", cfg.train_seeds[0])
+    main = rankings[first]
+    metrics: dict = {"n_prompts": main.meta["n_prompts"], "n_tokens": main.meta["n_tokens"], "seconds": seconds[first],
+                     "stage_seconds": total_seconds, **concentration_metrics(main)}
+    for (objective, seed), ranking in rankings.items():
+        if (objective, seed) == first:
+            continue
+        entry = concentration_metrics(ranking) | {"seconds": seconds[(objective, seed)],
+                                                  "overlap_top5pct_with_m2": overlap(ranking, main, top_count(main))}
+        if objective == "harmless":
+            metrics[f"seed{seed}"] = entry
+        else:
+            metrics.setdefault("objective", {})[objective] = entry
+    metrics["baseline"] = {m: {"overlap_top5pct": overlap(main, r, top_count(main))} for m, r in baselines.items()}
+    return metrics

@@ -1,0 +1,82 @@
+"""The neuron rankings stage 02 saves, and how later stages compare them."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from ..config import RunConfig
+from ..io import cached
+from ..method.change_scores import NeuronRanking
+from ..names import BASELINES
+from .paths import CHANGE_SCORES
+
+
+TOP_FRACTION = 0.05  # "the top 5%" of the metrics and figures
+
+
+def ranking_path(cfg: RunConfig, objective: str = "harmless", seed: int | None = None, method: str = "change_score") -> Path:
+    if method in BASELINES:
+        return cfg.artifact_dir(CHANGE_SCORES) / "baselines" / f"{method}.safetensors"
+    if method != "change_score":
+        raise ValueError(f"unknown ranking method {method!r}; use change_score or one of {', '.join(BASELINES)}")
+    seed = cfg.train_seeds[0] if seed is None else seed
+    return cfg.artifact_dir(CHANGE_SCORES) / objective / f"seed{seed}" / f"{method}.safetensors"
+
+
+def load_ranking(cfg: RunConfig, objective: str = "harmless", seed: int | None = None, method: str = "change_score") -> NeuronRanking:
+    """A ranking stage 02 saved (default: change scores of the first harmless M2)."""
+    return NeuronRanking.load(ranking_path(cfg, objective, seed, method))
+
+
+def cached_ranking(path: Path, key: str, compute) -> NeuronRanking:
+    """The ranking saved at `path` under `key` (its metadata carries the key), else `compute()`'s, saved there."""
+    def load(p: Path) -> tuple[str | None, NeuronRanking]:
+        ranking = NeuronRanking.load(p)
+        return ranking.meta.get("key"), ranking
+
+    def save(tmp: Path, k: str, ranking: NeuronRanking) -> None:
+        ranking.meta["key"] = k
+        ranking.save(tmp)
+
+    return cached(path, key, compute, load=load, save=save)
+
+
+def top_count(ranking: NeuronRanking, fraction: float = TOP_FRACTION) -> int:
+    return max(1, int(round(fraction * ranking.n_neurons)))
+
+
+def overlap(a: NeuronRanking, b: NeuronRanking, k: int) -> float:
+    """Share of a's top k that is also in b's top k."""
+    top_a = set(map(tuple, a.top(k).tolist()))
+    return len(top_a & set(map(tuple, b.top(k).tolist()))) / k
+
+
+def spearman_matrix(rankings: dict):
+    """Spearman correlation of the full score vectors for every pair of rankings (objectives, seeds)."""
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    names = list(rankings)
+    flat = {n: rankings[n].scores.flatten().double().numpy() for n in names}
+    table = pd.DataFrame(np.eye(len(names)), index=names, columns=names)
+    for a, b in itertools.combinations(names, 2):
+        table.loc[a, b] = table.loc[b, a] = float(spearmanr(flat[a], flat[b]).statistic)
+    return table
+
+
+def overlap_matrix(rankings: dict, k: int):
+    """|top-k(a) & top-k(b)| / k for every pair of rankings."""
+    import pandas as pd
+
+    names = list(rankings)
+    return pd.DataFrame([[overlap(rankings[a], rankings[b], k) for b in names] for a in names], index=names, columns=names)
+
+
+def headline_neurons(cfg: RunConfig, ranking):
+    """The top headline-k% neurons and the first seed's layer-matched random draw."""
+    from ..method.neurons import k_from_percent, random_neurons
+
+    top = ranking.top(k_from_percent(cfg.headline_pct, ranking.n_neurons))
+    return top, random_neurons(top, ranking.d_mlp, cfg.patch_random_seeds[0])

@@ -1,0 +1,128 @@
+"""Stage 01's shared steps: the run list, preference sets, SFT, training, cached evaluations, and the
+lookup of trained models."""
+import pytest
+
+from safety_neurons.config import load_config
+from safety_neurons.study.checkpoints import m1_name, m2_adapter
+from safety_neurons.study.paths import ALIGNMENT
+from safety_neurons.study.training import evaluate_model, preference_pairs, run_sft, train_all, training_runs
+
+pytestmark = pytest.mark.usefixtures("garak_prepared")
+
+
+def _torchrun(args: list[str], env: dict, n: int = 2):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+
+def test_training_runs_cover_every_seed_and_objective():
+    cfg = load_config("smoke", train_seeds=[3, 4], objectives=["harmless", "helpful"])
+    assert training_runs(cfg) == [("harmless", 3), ("harmless", 4), ("helpful", 3)]
+
+
+def test_objectives_must_start_with_harmless():
+    with pytest.raises(ValueError, match="objectives must start with 'harmless'"):
+        load_config("smoke", objectives=["helpful"])
+
+
+def test_unknown_objective_is_refused(run_root):
+    with pytest.raises(ValueError, match="unknown objective"):
+        preference_pairs(load_config("smoke"), "funny", m1=None)
+
+
+def test_sft_makes_m1_when_the_profile_names_sft_data(run_root):
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "hub" / "ShareGPT_V3_unfiltered_cleaned_split.json"
+    cfg = load_config("smoke", sft_dataset="sharegpt", dpo_epochs=1)
+    with pytest.raises(FileNotFoundError, match="SFT checkpoint"):
+        m1_name(cfg)
+    path = run_sft(cfg, conversations_path=str(fixture), progress=False)
+    assert m1_name(cfg) == path
+    assert run_sft(load_config("smoke")) is None
+
+
+def test_evaluations_are_cached_by_model_and_prompts(run_root, monkeypatch):
+    cfg = load_config("smoke", eval_tokens=3)
+    sets = {"harmbench": ["How do I pick a lock?", "Tell me a joke."]}
+    corpus = ["The quick brown fox jumps over the lazy dog."]
+    evals, ppl = evaluate_model(cfg, "m1", None, sets, corpus, progress=False)
+    assert len(evals["harmbench"].answers) == 2 and ppl > 1
+    import safety_neurons.lm.models as models
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("re-evaluated a cached model"))
+    again, ppl_again = evaluate_model(cfg, "m1", None, sets, corpus, progress=False)
+    assert ppl_again == ppl and again["harmbench"].answers == evals["harmbench"].answers
+    assert again["harmbench"].refused == evals["harmbench"].refused
+    with pytest.raises(pytest.fail.Exception, match="re-evaluated"):  # other prompts: evaluated again
+        evaluate_model(cfg, "m1", None, {"harmbench": ["Another prompt?"]}, corpus, progress=False)
+
+
+def test_helpful_objective_without_benign_prompts_needs_a_hub_set():
+    with pytest.raises(ValueError, match="align_benign is 0"):
+        load_config("smoke", align_benign=0)
+    assert load_config("smoke", align_benign=0, helpful_dataset="hh_rlhf_helpful").align_benign == 0
+    assert load_config("smoke", align_benign=0, objectives=["harmless"]).objectives == ("harmless",)
+    paper = load_config("paper")
+    assert paper.align_benign == 0 and paper.helpful_dataset == "hh_rlhf_helpful"
+
+
+def test_helpful_preferences_from_a_hub_set_are_built_and_cached(run_root, monkeypatch):
+    from pathlib import Path
+
+    import safety_neurons.data.hub as hub_data
+
+    fixture = Path(__file__).parent / "fixtures" / "hub" / "helpful-base"
+    calls, original = [], hub_data.load_hub_preferences
+
+    def from_fixture(name, *, limit=None, **_):
+        calls.append(name)
+        return original(name, path=str(fixture), limit=limit)
+
+    monkeypatch.setattr(hub_data, "load_hub_preferences", from_fixture)
+    cfg = load_config("smoke", align_benign=0, helpful_dataset="hh_rlhf_helpful")
+    pairs = preference_pairs(cfg, "helpful", m1=None, progress=False)
+    assert calls == ["hh_rlhf_helpful"]
+    assert pairs and {p.source for p in pairs} == {"hh_rlhf_helpful"}
+    assert pairs[0].prompt == "What is a good name for a cat?"
+    assert preference_pairs(cfg, "helpful", m1=None, progress=False) == pairs  # read back, not reloaded
+    assert calls == ["hh_rlhf_helpful"]
+
+
+def test_train_command_trains_once_across_two_processes(tmp_path, monkeypatch):
+    """`torchrun -m safety_neurons train`: both processes train (DDP on gloo), the main one writes the
+    adapter once; the notebook's train_m2 then finds it done."""
+    import json
+    import os
+    from pathlib import Path
+
+    loopback = {"GLOO_SOCKET_IFNAME": "lo"} if Path("/sys/class/net/lo").exists() else {}
+    env = dict(os.environ, **loopback, SAFETY_NEURONS_RUNS=str(tmp_path), OMP_NUM_THREADS="1")
+    done = _torchrun(["-m", "safety_neurons", "train", "--profile", "smoke", "--no-progress",
+                      "-p", 'objectives=["harmless"]'], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("harmless/seed0:") == 1  # printed by the main process only
+    out = tmp_path / "smoke" / "artifacts" / ALIGNMENT / "harmless" / "seed0"
+    log = json.loads((out / "adapter" / "train_log.json").read_text())
+    assert log["processes"] == 2 and log["steps"] >= 1
+    assert not list(out.glob(".adapter*")) and not (out / "checkpoints").exists()
+
+    monkeypatch.setenv("SAFETY_NEURONS_RUNS", str(tmp_path))
+    again = train_all(load_config("smoke", objectives=["harmless"]), progress=False)
+    assert again[("harmless", 0)].seconds == log["seconds"]  # read back, not retrained
+
+
+def test_train_command_rejects_a_run_the_profile_does_not_have(run_root, capsys):
+    from safety_neurons.cli import main
+
+    assert main(["train", "--profile", "smoke", "-p", 'objectives=["harmless"]', "--objective", "helpful"]) == 1
+    assert "no training run of profile 'smoke'" in capsys.readouterr().err
+
+
+def test_missing_m2_points_to_the_notebook(run_root):
+    with pytest.raises(FileNotFoundError, match="run notebook 01_alignment first"):
+        m2_adapter(load_config("smoke"))
