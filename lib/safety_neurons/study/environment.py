@@ -11,7 +11,7 @@ from ..data.registry import get_spec
 # The packages whose versions a run's manifest and the notebooks' environment table record.
 MANIFEST_PACKAGES = (
     "torch", "transformer-lens", "transformers", "trl", "peft", "papermill", "datasets",
-    "numpy", "pandas", "scikit-learn", "scipy", "plotly", "kaleido", "safetensors", "gguf",
+    "numpy", "pandas", "scikit-learn", "scipy", "plotly", "matplotlib", "safetensors", "gguf",
 )
 
 
