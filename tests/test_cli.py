@@ -1,3 +1,7 @@
+import re
+
+import pytest
+
 from safety_neurons.cli import main
 
 
@@ -14,3 +18,58 @@ def test_unknown_profile_is_a_clear_error(capsys):
 def test_unknown_config_key_is_a_clear_error(capsys):
     assert main(["run", "--profile", "smoke", "-p", "k=3"]) == 1
     assert "unknown config key 'k'" in capsys.readouterr().err
+
+
+# Each bad input a user met (issue 22), on the command line: one line naming the problem and the fix.
+@pytest.mark.parametrize("param, message", [
+    ("dpo_learning_rate=abc", "dpo_learning_rate must be a number, got 'abc'"),
+    ("dpo_epochs=abc", "dpo_epochs must be a number"),
+    ("tune_learning_rate=abc", "tune_learning_rate must be a number"),
+    ("tune_k_pct=abc", "tune_k_pct must be a number"),
+    ('patch_k_pcts=["a"]', "patch_k_pcts must be a list of numbers"),
+    ("safeguard_ks=5", r"safeguard_ks must be a list, got the single value 5: write it as a list, e.g. -p safeguard_ks='\[5\]'"),
+    ("seed=abc", "seed must be an integer, got 'abc'"),
+    ("split_seed=1.5", "split_seed must be an integer, got 1.5"),
+    ("device=gpu", "device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+    ("harmful_sets=harmbench", "harmful_sets must be a list, got the single value 'harmbench'"),
+    ('harmful_sets=["harmbnch"]', "harmful_sets: unknown prompt set 'harmbnch'"),
+    ("profile=quick", "profile is not an override: choose it with --profile quick"),
+    ("run_name=a/b", "run_name must be a folder name"),
+])
+def test_bad_inputs_are_one_line_at_load(capsys, param, message):
+    assert main(["run", "--profile", "smoke", "--no-progress", "-p", param]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert re.search(message, err), err
+
+
+def test_a_numeric_run_name_is_a_name():
+    from safety_neurons.config import load_config, parse_override
+
+    assert load_config("smoke", dict([parse_override("run_name=2024")])).run_name == "2024"
+
+
+def test_data_with_an_unknown_profile_is_one_line(capsys):
+    assert main(["data", "--profile", "nosuch"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "unknown profile 'nosuch'" in err
+
+
+def test_every_config_field_rejects_a_wrong_type_at_load():
+    import dataclasses
+
+    from safety_neurons.config import ConfigError, RunConfig, load_config
+
+    for field in dataclasses.fields(RunConfig):
+        if field.name == "profile":
+            continue
+        with pytest.raises(ConfigError, match=field.name):
+            load_config("smoke", {field.name: {"not": "valid"}})
+
+
+def test_a_relative_model_folder_resolves_against_the_callers_directory(tmp_path, monkeypatch):
+    from safety_neurons.config import load_config
+
+    (tmp_path / "mymodel").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_config("smoke", {"model": "mymodel"}).model == str(tmp_path / "mymodel")

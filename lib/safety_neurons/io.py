@@ -88,23 +88,44 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, f
     return flat
 
 
-def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Write a flat JSON object of named numbers (NaN and infinities are stored as null)."""
+FINGERPRINT_KEY = "config_fingerprint"  # the one non-number of a metrics file: the config it came from
+
+
+def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any], *, fingerprint: str | None = None) -> dict[str, float]:
+    """Write a flat JSON object of named numbers (NaN and infinities are stored as null), recording the
+    fingerprint of the config that produced them."""
     flat = flatten_metrics(metrics)
-    serialisable = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in flat.items()}
+    if FINGERPRINT_KEY in flat:
+        raise ValueError(f"metric name {FINGERPRINT_KEY!r} is reserved for the config fingerprint")
+    serialisable: dict[str, Any] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in flat.items()}
+    if fingerprint is not None:
+        serialisable[FINGERPRINT_KEY] = fingerprint
     write_json_atomic(path, serialisable)
     return flat
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, float | None]:
-    """Read a metrics file, failing loudly if it is not a flat object of numbers."""
-    data = read_json(path)
+    """Read a metrics file's numbers, failing loudly (naming the file) if it is not a flat object of numbers."""
+    try:
+        data = read_json(path)
+    except ValueError as exc:
+        raise ValueError(f"{path}: damaged metrics file ({exc}); re-run its stage with --force") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a metrics file must hold a JSON object, found {type(data).__name__}")
+    data.pop(FINGERPRINT_KEY, None)
     for key, value in data.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"{path}: metric {key!r} is not a number: {value!r}")
     return data
+
+
+def metrics_fingerprint(path: str | os.PathLike) -> str | None:
+    """The fingerprint of the config a metrics file came from (None: unreadable, or written before it was recorded)."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return data.get(FINGERPRINT_KEY) if isinstance(data, dict) else None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -122,6 +143,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+RECOMPUTE_ENV = "SAFETY_NEURONS_RECOMPUTE"
+
+
+def recomputing() -> bool:
+    """True while a stage runs under `run --force`: its keyed caches are recomputed, not read (each file is
+    replaced only once its new version is complete, so a failed forced run keeps the previous one)."""
+    return os.environ.get(RECOMPUTE_ENV) == "1"
+
+
 def cached(path: str | os.PathLike, key: str, compute: Callable[[], Any], *,
            load: Callable[[Path], tuple[str | None, Any]], save: Callable[[Path, str, Any], None]) -> Any:
     """The artifact at `path` if it was stored under `key`; otherwise `compute()`, saved there under `key`.
@@ -131,7 +161,7 @@ def cached(path: str | os.PathLike, key: str, compute: Callable[[], Any], *,
     `save(tmp_path, key, value)` writes to a temporary file that is renamed onto `path` once complete.
     A file that cannot be read is recomputed, with a warning naming it: a cache is never a blocker."""
     final = Path(path)
-    if final.exists():
+    if final.exists() and not recomputing():
         try:
             stored_key, value = load(final)
         except Exception as exc:  # noqa: BLE001 - any damage means "not cached"
@@ -148,7 +178,7 @@ def cached(path: str | os.PathLike, key: str, compute: Callable[[], Any], *,
 def stored_json(path: str | os.PathLike, key: str) -> dict | None:
     """The JSON object at `path` when it was stored under `key` (see `cached_json`), else None."""
     final = Path(path)
-    if not final.exists():
+    if not final.exists() or recomputing():
         return None
     try:
         saved = read_json(final)

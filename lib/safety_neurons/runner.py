@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from tqdm.auto import tqdm
 
-from .config import PROJECT_ROOT, RunConfig, load_config
-from .io import atomic_path, read_json, read_metrics, write_json_atomic
+from .config import PROJECT_ROOT, RunConfig, claim_run_dir, load_config
+from .io import RECOMPUTE_ENV, atomic_path, metrics_fingerprint, read_json, read_metrics, write_json_atomic
 from .study.environment import package_versions
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -89,13 +88,23 @@ def library_sha() -> str:
     return digest.hexdigest()
 
 
+def prompt_files(cfg: RunConfig) -> dict[str, dict]:
+    """The user's own prompt files (`file:` sets) of a config: path, format, sha256, size."""
+    from .data.registry import prompt_set_manifest
+
+    return prompt_set_manifest([*cfg.harmful_sets, *cfg.benign_sets, *cfg.train_harmful_sets, cfg.text_corpus])
+
+
 def stage_keys(stages: list[Stage], cfg: RunConfig) -> dict[str, str]:
-    config = {k: v for k, v in cfg.to_dict().items() if k not in ("run_root", "run_name")}
+    config = cfg.identity()
     lib = library_sha()
+    # A `file:` prompt set edited in place changes its hash, and so every stage's key (runs without one keep theirs).
+    files = {name: entry["sha256"] for name, entry in prompt_files(cfg).items()}
     keys: dict[str, str] = {}
     upstream = ""
     for stage in stages:
-        blob = json.dumps({"upstream": upstream, "notebook": notebook_code_sha(stage.path), "config": config, "lib": lib}, sort_keys=True)
+        inputs = {"upstream": upstream, "notebook": notebook_code_sha(stage.path), "config": config, "lib": lib}
+        blob = json.dumps(inputs | ({"files": files} if files else {}), sort_keys=True)
         upstream = keys[stage.stem] = hashlib.sha256(blob.encode()).hexdigest()[:24]
     return keys
 
@@ -104,15 +113,51 @@ def state_path(cfg: RunConfig, stem: str) -> Path:
     return cfg.run_dir / "stages" / f"{stem}.json"
 
 
-def is_done(cfg: RunConfig, stem: str, key: str) -> bool:
-    path = state_path(cfg, stem)
-    if not path.exists() or not cfg.metrics_path(stem).exists():
-        return False
+def read_state(cfg: RunConfig, stem: str) -> dict[str, Any]:
+    """A stage's state file; {} when absent or damaged (a damaged state means "not finished", never a blocker)."""
     try:
-        read_metrics(cfg.metrics_path(stem))
-        return read_json(path).get("key") == key
-    except (ValueError, OSError):
-        return False
+        state = read_json(state_path(cfg, stem))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def is_done(cfg: RunConfig, stem: str, key: str) -> bool:
+    """Finished for this config: the recorded key matches, the metrics parse and came from this config,
+    and every file the stage wrote is still there, at the size it had (a truncated file is caught)."""
+    return not unfinished_because(cfg, stem, key)
+
+
+def unfinished_because(cfg: RunConfig, stem: str, key: str) -> str:
+    """Why a stage is not finished for this config ("" when it is)."""
+    state = read_state(cfg, stem)
+    metrics = cfg.metrics_path(stem)
+    if state.get("key") != key:
+        return "not run with these inputs"
+    try:
+        read_metrics(metrics)
+    except (OSError, ValueError):
+        return f"its metrics file {metrics} is missing or damaged"
+    if metrics_fingerprint(metrics) != cfg.fingerprint():
+        return f"its metrics file {metrics} came from another config"
+    for rel, size in state.get("files", {}).items():
+        path = cfg.run_dir / rel
+        if not path.is_file() or path.stat().st_size != size:
+            return f"its artifact {path} is missing or damaged"
+    return ""
+
+
+def stage_files(cfg: RunConfig, stem: str) -> dict[str, int]:
+    """{path relative to the run directory: size} of what a finished stage leaves: its artifact folder
+    (temporary and hidden files aside) and its executed notebook."""
+    files = {}
+    folder = cfg.artifact_dir(stem)
+    candidates = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    candidates.append(cfg.run_dir / "notebooks" / f"{stem}.ipynb")
+    for path in candidates:
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(cfg.run_dir).parts):
+            files[path.relative_to(cfg.run_dir).as_posix()] = path.stat().st_size
+    return files
 
 
 def select_stages(stages: list[Stage], only: int | None, from_: int | None) -> list[Stage]:
@@ -148,6 +193,12 @@ def run(
     group = _RunnerGroup.join()
     overrides = dict(overrides or {})
     cfg = load_config(profile, overrides)
+    if group.is_main:
+        claim_run_dir(cfg)  # refuses a directory that holds another config's results, before anything runs
+    # The notebooks get the resolved values (absolute paths, the run directory's name), so a kernel
+    # started in notebooks/ loads exactly this config.
+    resolved = cfg.to_dict()
+    notebook_overrides = {k: resolved[k] for k in overrides} | ({"run_name": cfg.run_name} if cfg.run_name else {})
     stages = discover_stages(notebooks_dir)
     keys = stage_keys(stages, cfg)
     selected = select_stages(stages, only, from_)
@@ -159,21 +210,30 @@ def run(
 
     missing, skip = group.main_decides(plan)  # decided before any process writes anything
     if missing:
+        why = unfinished_because(cfg, missing[0], keys[missing[0]])
+        flags = "".join(f" -p {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items())
         raise StageError(
-            f"stage {selected[0].stem} needs {', '.join(missing)} finished for this config first; "
-            f"run `python -m safety_neurons run --profile {profile}` without --only/--from (finished stages are skipped)"
+            f"stage {selected[0].stem} needs {', '.join(missing)} finished for this config first ({missing[0]}: {why}); "
+            f"run `python -m safety_neurons run --profile {profile}{flags}` without --only/--from (finished stages are skipped)"
         )
     results = []
-    bar = tqdm(selected, desc=f"{profile} stages", unit="stage", disable=not progress or not group.is_main)
-    for stage in bar:
-        bar.set_postfix_str(stage.stem)
+    say = print if progress and group.is_main else (lambda *a, **k: None)
+    say(f"{profile}: {len(selected)} stage(s) -> {cfg.run_dir}", flush=True)
+    for stage in selected:
         if skip[stage.stem]:
+            say(f"  {stage.stem:26s} skipped (finished, inputs unchanged)", flush=True)
             results.append(StageResult(stage.stem, "skipped", 0.0, read_metrics(cfg.metrics_path(stage.stem))))
             continue
-        seconds = execute_stage(stage, cfg, overrides, progress=progress and group.is_main, group=group)
+        previous = read_state(cfg, stage.stem).get("seconds")
+        say(f"  {stage.stem:26s} running" + (f" (last run took {previous:.0f} s)" if previous else ""), flush=True)
+        seconds = execute_stage(stage, cfg, notebook_overrides, progress=False, group=group, force=force)
+        say(f"  {stage.stem:26s} done in {seconds:.0f} s", flush=True)
+        if group.is_main:
+            _report_figures(cfg, stage.stem)
         if group.is_main:
             write_json_atomic(state_path(cfg, stage.stem), {"key": keys[stage.stem], "seconds": round(seconds, 2),
-                                                             "finished": _now(), "processes": group.size})
+                                                             "finished": _now(), "processes": group.size,
+                                                             "files": stage_files(cfg, stage.stem)})
             write_manifest(cfg, keys)
         group.barrier()  # the others read the metrics the main process's kernel wrote
         results.append(StageResult(stage.stem, "ran", seconds, read_metrics(cfg.metrics_path(stage.stem))))
@@ -236,9 +296,11 @@ def _free_port() -> int:
 
 
 def execute_stage(stage: Stage, cfg: RunConfig, overrides: Mapping[str, Any], *, progress: bool = True,
-                  group: _RunnerGroup | None = None) -> float:
-    """Run one notebook into runs/<name>/notebooks/; the executed copy appears only on success.
-    Under a distributed launch the other processes' copies go to notebooks/.rank<r>/."""
+                  group: _RunnerGroup | None = None, force: bool = False) -> float:
+    """Run one notebook into runs/<name>/notebooks/; the executed copy appears only on success, and the
+    previous metrics file comes back if the stage fails (a failed --force loses nothing finished).
+    `force`: the stage's keyed caches are recomputed, not read. Under a distributed launch the other
+    processes' copies go to notebooks/.rank<r>/."""
     import papermill as pm
 
     group = group or _RunnerGroup(1, 0)
@@ -247,10 +309,11 @@ def execute_stage(stage: Stage, cfg: RunConfig, overrides: Mapping[str, Any], *,
     final = out_dir / f"{stage.stem}.ipynb"
     failed = out_dir / f"{stage.stem}.failed.ipynb"
     metrics = cfg.metrics_path(stage.stem)
+    previous = metrics.with_name(f".{metrics.name}.previous")
     if group.is_main and metrics.exists():
-        metrics.unlink()  # a stale metrics file must not pass for this run's
+        os.replace(metrics, previous)  # a stale metrics file must not pass for this run's; restored on failure
     group.barrier()  # no kernel starts before the stale metrics are gone
-    env = group.kernel_env()
+    env = group.kernel_env() | ({RECOMPUTE_ENV: "1"} if force else {})
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # papermill's kernel inherits this process's environment
     start = time.time()
@@ -265,6 +328,7 @@ def execute_stage(stage: Stage, cfg: RunConfig, overrides: Mapping[str, Any], *,
                     progress_bar=progress,
                     kernel_name="python3",
                     request_save_on_cell_execute=False,
+                    config=kernel_config(),
                 )
             except pm.PapermillExecutionError as exc:
                 os.replace(tmp, failed)
@@ -273,6 +337,10 @@ def execute_stage(stage: Stage, cfg: RunConfig, overrides: Mapping[str, Any], *,
             if group.is_main and not metrics.exists():
                 os.replace(tmp, failed)
                 raise StageError(f"stage {stage.stem} finished but wrote no metrics file {metrics}; see {failed}")
+    except BaseException:
+        if group.is_main and previous.exists() and not metrics.exists():
+            os.replace(previous, metrics)
+        raise
     finally:
         for key, value in saved.items():
             if value is None:
@@ -281,7 +349,26 @@ def execute_stage(stage: Stage, cfg: RunConfig, overrides: Mapping[str, Any], *,
                 os.environ[key] = value
     if failed.exists():
         failed.unlink()
+    if previous.exists():
+        previous.unlink()
     return time.time() - start
+
+
+def _report_figures(cfg: RunConfig, stem: str) -> None:
+    """Say in the terminal (not only inside the executed notebook) which of a stage's figures lack a format."""
+    from .study.figures import figure_problems
+
+    for problem in figure_problems(cfg.run_dir):
+        if f"{stem[:2]}_" in problem:
+            print(f"  figure: {problem}", file=sys.stderr, flush=True)
+
+
+def kernel_config():
+    """The project's Jupyter settings (configs/jupyter, as `make lab` uses them): encrypted kernel channels,
+    so no kernel warns that it runs over TCP without encryption."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    return PyFileConfigLoader("jupyter_server_config.py", path=str(PROJECT_ROOT / "configs" / "jupyter")).load_config()
 
 
 def write_manifest(cfg: RunConfig, keys: Mapping[str, str]) -> Path:
@@ -290,9 +377,8 @@ def write_manifest(cfg: RunConfig, keys: Mapping[str, str]) -> Path:
 
     stages = {}
     for stem, key in keys.items():
-        path = state_path(cfg, stem)
-        state = read_json(path) if path.exists() else {}
-        stages[stem] = {**state, "current": state.get("key") == key}
+        state = read_state(cfg, stem)
+        stages[stem] = {k: v for k, v in state.items() if k != "files"} | {"current": is_done(cfg, stem, key)}
     device = resolve_device(cfg.device)
     manifest = {
         "profile": cfg.profile,
@@ -304,6 +390,7 @@ def write_manifest(cfg: RunConfig, keys: Mapping[str, str]) -> Path:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": package_versions(),
+        "prompt_files": prompt_files(cfg),
         "stages": stages,
         "updated": _now(),
     }
