@@ -70,3 +70,20 @@ def test_finding_metrics_keys():
                 "baseline.mean_difference.overlap_top5pct"):
         assert key in metrics, key
     assert metrics["n_tokens"] == 9
+
+
+def test_update_metrics_and_alternative_rankings_join_the_metrics(run_root):
+    cfg = load_config("smoke")
+    scores = torch.arange(12.0).reshape(2, 6)
+    main = NeuronRanking("change_score", scores, {"mean_m1": torch.ones(2, 6), "std_m1": torch.zeros(2, 6)},
+                         {"n_prompts": 2, "n_tokens": 5})
+    deltas = torch.zeros(2, 6)
+    deltas[1, 5] = 0.5  # a sparse update: one scale moved
+    update = stage.update_metrics(main, deltas)
+    alternatives = stage.alternative_rankings(cfg, main, deltas)
+    flat = flatten_metrics(stage.finding_metrics(cfg, {("harmless", 0): main}, {}, {("harmless", 0): 1.0}, 2.0,
+                                                 update=update, alternatives=alternatives))
+    assert flat["update.concentration.top20pct"] == 1.0 and flat["update.all.moved_0p1"] == pytest.approx(1 / 12)
+    assert flat["ranking.spearman_rms"] != flat["ranking.spearman_rms"]  # NaN: every neuron has RMS 1
+    assert flat["alternative.ia3_delta.overlap_top5pct"] == 1.0  # the top neuron by |l - 1| is the top change score
+    assert load_ranking(cfg, method="ia3_delta").top(1).tolist() == [[1, 5]]

@@ -62,3 +62,41 @@ def test_patching_metrics_keys():
     assert metrics["C.all_neurons"] == 1.0 and metrics["all_neurons_equals_m2"] == 1.0
     assert metrics["throughput.patched_over_plain"] == pytest.approx(0.25)  # 2 s vs 0.5 s for the same tokens
     assert np.isnan(metrics["k_pct_for_C90"])
+
+
+def test_continuous_measures_join_the_metrics_under_their_names():
+    import pandas as pd
+
+    cfg = load_config("smoke", patch_k_pcts=[1, 5], bootstrap_samples=100)
+    m1, m2, safety, random = sweep_fixture()
+    sweep = stage.Sweep(m1=m1, m2=m2, all_neurons=arm("all", 100, m2.refused), safety=safety, random=random,
+                        ablations={}, two_model=arm("safety_two_model", 5, safety[5.0].refused))
+    effects = stage.effect_table(cfg, m1, m2, safety, random)
+    row = dict(C=0.5, lo=0.1, hi=0.9, C_random=0.1, C_random_lo=-0.1, C_random_hi=0.3, pvalue=0.02)
+    continuous = pd.DataFrame([{"measure": "logodds", "arm": "safety", "k_pct": 5.0, **row},
+                               {"measure": "likelihood", "arm": "safety", "k_pct": 1.0, **row},
+                               {"measure": "logodds", "arm": "ia3_delta", "k_pct": 5.0, "C": 0.7, "lo": 0.2, "hi": 0.95}])
+    metrics = flatten_metrics(stage.patching_metrics(cfg, effects, sweep, 3.0, continuous))
+    assert metrics["C.logodds.safety.k5"] == 0.5 and metrics["C.logodds.random.k5.hi"] == 0.3
+    assert metrics["pvalue.logodds.k5"] == 0.02 and metrics["C.likelihood.safety.k1.lo"] == 0.1
+    assert metrics["C.logodds.ia3_delta.k5"] == 0.7 and "C.logodds.ia3_delta.k1" not in metrics
+    assert metrics["C.phrase.safety.k5"] == metrics["C.safety.k5"]  # the binary judge under its measure name
+
+
+def test_continuous_effects_on_tiny_models_are_0_at_m1_and_1_at_m2(run_root, adapter):
+    from safety_neurons.lm.models import load_model
+    from safety_neurons.method.change_scores import NeuronRanking
+    import torch
+
+    cfg = load_config("smoke", patch_k_pcts=[100], headline_pct=100, patch_random_seeds=[0], bootstrap_samples=50)
+    m1 = load_model("tiny-random-llama", device="cpu")
+    m2 = load_model("tiny-random-llama", adapter=adapter, device="cpu")
+    ranking = NeuronRanking("change_score", torch.rand(m1.cfg.n_layers, m1.cfg.d_mlp, generator=torch.Generator().manual_seed(0)))
+    prompt_ids = [[1, 40, 41, 42], [1, 50, 51], [1, 60, 61, 62, 63]]
+    table = stage.continuous_effects(cfg, m1, m2, adapter, ranking, prompt_ids, {"same": ranking}, progress=False)
+    assert set(table["measure"]) == {"logodds", "likelihood"}
+    top = table[table["arm"] == "safety"]
+    assert np.allclose(top["C"], 1.0) and np.allclose(top["C_random"], 1.0)  # k = 100%: every neuron, M2 itself
+    # cached: a second call reads every measure back
+    again = stage.continuous_effects(cfg, m1, m2, adapter, ranking, prompt_ids, {"same": ranking}, progress=False)
+    assert np.allclose(again["C"], table["C"])

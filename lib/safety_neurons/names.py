@@ -19,3 +19,6 @@ def parse_judge(spec: str) -> tuple[str, str | None]:
 
 # The training-free rankings of stage 02 (method/change_scores.py implements them).
 BASELINES = ("mean_difference", "activation_variance")
+# Other rankings of one M2's neurons, saved beside its change scores (method/update.py builds them): the
+# change score over M1's activation RMS (the relative change), and |l - 1| of the (IA)^3 scales itself.
+ALTERNATIVE_RANKINGS = ("change_score_over_rms", "ia3_delta")

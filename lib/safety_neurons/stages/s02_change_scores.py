@@ -17,7 +17,7 @@ from ..lm.generation import Generation
 from ..lm.models import adapter_digest
 from ..method.change_scores import NeuronRanking, activation_variance, change_scores, mean_difference
 from ..names import BASELINES
-from ..study.checkpoints import m1_name
+from ..study.checkpoints import m1_name, m2_adapter
 from ..study.paths import CHANGE_SCORES
 from ..study.rankings import TOP_FRACTION, cached_ranking, overlap, ranking_path, top_count
 
@@ -101,10 +101,51 @@ def concentration_metrics(ranking: NeuronRanking) -> dict:
                         "layer_share": {str(layer): int(c) / k for layer, c in enumerate(counts.tolist())}}}
 
 
+# ---------------------------------------------------------------- the update read directly (issue 20)
+
+
+def update_deltas(cfg: RunConfig, m1, objective: str = "harmless", seed: int | None = None):
+    """|l - 1| per neuron [n_layers, d_mlp] of one M2's (IA)^3 scales (its adapter folded onto M1)."""
+    from ..lm.models import model_shape
+    from ..method.patching import ia3_neuron_scales
+    from ..method.update import ia3_deltas
+
+    shape = model_shape(m1)
+    scales = ia3_neuron_scales(m2_adapter(cfg, objective, seed), shape.n_layers, shape.d_mlp, base=m1)
+    return ia3_deltas(scales, shape.n_layers, shape.d_mlp)
+
+
+def alternative_rankings(cfg: RunConfig, ranking: NeuronRanking, deltas, objective: str = "harmless",
+                         seed: int | None = None) -> dict[str, NeuronRanking]:
+    """The same M2's neurons ranked two other ways, saved beside its change scores: the change score over
+    M1's activation RMS (the relative change), and |l - 1| itself (the update read directly)."""
+    from ..method.update import normalised_ranking, update_ranking
+
+    out = {"change_score_over_rms": normalised_ranking(ranking), "ia3_delta": update_ranking(deltas)}
+    for method, alt in out.items():
+        alt.save(ranking_path(cfg, objective, seed, method))
+    return out
+
+
+def update_metrics(ranking: NeuronRanking, deltas) -> dict:
+    """`update.*` (|l - 1| over all neurons and per layer, its concentration in the top 1/5/20%) and
+    `ranking.*` (Spearman of the change score with M1's activation RMS and with |l - 1|; the share of the
+    total |l - 1| held by the change score's top 5%)."""
+    from ..method.update import activation_rms, ranking_correlations, top_share_of_delta, update_statistics
+
+    rms = activation_rms(ranking.extras["mean_m1"], ranking.extras["std_m1"])
+    return {"update": update_statistics(deltas),
+            "ranking": ranking_correlations(ranking.scores, rms, deltas)
+            | {"top5pct_share_of_delta": top_share_of_delta(ranking.scores, deltas, TOP_FRACTION)}}
+
+
 def finding_metrics(cfg: RunConfig, rankings: dict[tuple[str, int], NeuronRanking], baselines: dict[str, NeuronRanking],
-                    seconds: dict[tuple[str, int], float], total_seconds: float) -> dict:
+                    seconds: dict[tuple[str, int], float], total_seconds: float, *, update: dict | None = None,
+                    alternatives: dict[str, NeuronRanking] | None = None) -> dict:
     """Metrics of stage 02. Unprefixed: the first harmless M2; `seed<s>.`/`objective.<name>.` the others;
-    `baseline.<method>.overlap_top5pct`: share of the change-score top 5% a baseline also ranks top 5%."""
+    `baseline.<method>.overlap_top5pct`: share of the change-score top 5% a baseline also ranks top 5%;
+    with `update` (update_metrics of the first M2) its `update.*` and `ranking.*`; with `alternatives`
+    `alternative.<method>.overlap_top5pct`."""
     first = ("harmless", cfg.train_seeds[0])
     main = rankings[first]
     metrics: dict = {"n_prompts": main.meta["n_prompts"], "n_tokens": main.meta["n_tokens"], "seconds": seconds[first],
@@ -119,4 +160,7 @@ def finding_metrics(cfg: RunConfig, rankings: dict[tuple[str, int], NeuronRankin
         else:
             metrics.setdefault("objective", {})[objective] = entry
     metrics["baseline"] = {m: {"overlap_top5pct": overlap(main, r, top_count(main))} for m, r in baselines.items()}
+    metrics |= update or {}
+    if alternatives:
+        metrics["alternative"] = {m: {"overlap_top5pct": overlap(main, r, top_count(main))} for m, r in alternatives.items()}
     return metrics

@@ -325,3 +325,48 @@ def _tax_arm(arm: str) -> str:
     """`harmless_from_helpful` -> "harmless M2, shared neurons from helpful M2"; `harmless` -> "harmless M2"."""
     patched, _, source = str(arm).partition("_from_")
     return f"{patched} M2, shared neurons from {source} M2" if source else f"{patched} M2"
+
+
+MEASURE_NAMES = {"phrase": "refusal phrase (greedy answers)", "logodds": "refusal log-odds at the first answer position",
+                 "likelihood": "log-likelihood of M2's answer"}
+
+
+def measures_vs_k(continuous, effects=None, *, title: str = "Causal effect C by measure: top-k vs random neurons"):
+    """One panel per measure: C vs k% for the top-k neurons and layer-matched random ones (bootstrap 95%
+    bands), from continuous_effects' table; `effects` (effect_table) adds the binary phrase judge's panel."""
+    from plotly.subplots import make_subplots
+
+    panels = []
+    if effects is not None:
+        panels.append(("phrase", effects["k_pct"], effects[["C_safety", "C_safety_lo", "C_safety_hi"]].to_numpy(),
+                       effects[["C_random", "C_random_lo", "C_random_hi"]].to_numpy()))
+    for measure, rows in continuous[continuous["arm"] == "safety"].groupby("measure", sort=False):
+        panels.append((measure, rows["k_pct"], rows[["C", "lo", "hi"]].to_numpy(),
+                       rows[["C_random", "C_random_lo", "C_random_hi"]].to_numpy()))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[MEASURE_NAMES.get(m, m) for m, *_ in panels])
+    for col, (measure, x, top, rand) in enumerate(panels, start=1):
+        for arm, values, label in (("safety", top, "top-k change-score neurons"), ("random", rand, "random neurons (layer-matched)")):
+            fig.add_scatter(x=list(x) + list(x)[::-1], y=list(values[:, 2]) + list(values[:, 1])[::-1], mode="lines",
+                            fill="toself", fillcolor=COLORS[arm], line=dict(width=0), opacity=0.2, hoverinfo="skip",
+                            showlegend=False, row=1, col=col)
+            fig.add_scatter(x=list(x), y=list(values[:, 0]), mode="lines+markers", name=label, line=dict(color=COLORS[arm]),
+                            showlegend=col == 1, row=1, col=col)
+        fig.add_hline(y=1.0, line_dash="dash", line_color="black", row=1, col=col)
+        fig.update_xaxes(title_text="k (% of all neurons patched)", row=1, col=col)
+        fig.update_yaxes(title_text="causal effect C", row=1, col=col)
+    fig.update_layout(title=title)
+    return fig
+
+
+def update_by_layer(stats, *, title: str = "How much M2's (IA)^3 update moved each layer's neurons"):
+    """|l - 1| per layer (mean, 90th and 99th percentile) from update_statistics: a sparse update shows a few
+    layers or a high 99th percentile over a low mean; a dense uniform one, flat lines close together."""
+    import plotly.graph_objects as go
+
+    layers = sorted(stats["layer"], key=int)
+    fig = go.Figure()
+    for key, label, dash in (("mean", "mean", "solid"), ("p90", "90th percentile", "dash"), ("p99", "99th percentile", "dot")):
+        fig.add_scatter(x=[int(layer) for layer in layers], y=[stats["layer"][layer][key] for layer in layers],
+                        mode="lines+markers", name=label, line=dict(dash=dash))
+    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="|l - 1| of the neuron's (IA)^3 scale")
+    return fig

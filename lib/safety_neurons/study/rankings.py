@@ -9,7 +9,7 @@ import numpy as np
 from ..config import RunConfig
 from ..io import cached
 from ..method.change_scores import NeuronRanking
-from ..names import BASELINES
+from ..names import ALTERNATIVE_RANKINGS, BASELINES
 from .paths import CHANGE_SCORES
 
 
@@ -19,15 +19,23 @@ TOP_FRACTION = 0.05  # "the top 5%" of the metrics and figures
 def ranking_path(cfg: RunConfig, objective: str = "harmless", seed: int | None = None, method: str = "change_score") -> Path:
     if method in BASELINES:
         return cfg.artifact_dir(CHANGE_SCORES) / "baselines" / f"{method}.safetensors"
-    if method != "change_score":
-        raise ValueError(f"unknown ranking method {method!r}; use change_score or one of {', '.join(BASELINES)}")
+    if method != "change_score" and method not in ALTERNATIVE_RANKINGS:
+        raise ValueError(f"unknown ranking method {method!r}; use change_score or one of "
+                         f"{', '.join(ALTERNATIVE_RANKINGS + BASELINES)}")
     seed = cfg.train_seeds[0] if seed is None else seed
     return cfg.artifact_dir(CHANGE_SCORES) / objective / f"seed{seed}" / f"{method}.safetensors"
 
 
 def load_ranking(cfg: RunConfig, objective: str = "harmless", seed: int | None = None, method: str = "change_score") -> NeuronRanking:
     """A ranking stage 02 saved (default: change scores of the first harmless M2)."""
-    return NeuronRanking.load(ranking_path(cfg, objective, seed, method))
+    path = ranking_path(cfg, objective, seed, method)
+    if not path.exists():
+        raise FileNotFoundError(f"no {method} ranking at {path}: run notebook 02_change_scores first")
+    try:
+        return NeuronRanking.load(path)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own types; the message must name the file
+        raise ValueError(f"{path}: damaged ranking ({type(exc).__name__}: {exc}); re-run stage 02 "
+                         "(python -m safety_neurons run --profile ... --from 2 --force)") from None
 
 
 def cached_ranking(path: Path, key: str, compute) -> NeuronRanking:
