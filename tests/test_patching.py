@@ -34,16 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def m1():
-    return load_model("tiny-random-llama", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def m2(adapter):
-    return load_model("tiny-random-llama", adapter=adapter, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def scales(adapter):
     return ia3_neuron_scales(adapter, N_LAYERS, D_MLP)
 

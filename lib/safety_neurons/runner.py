@@ -217,7 +217,8 @@ def run(
             f"run `python -m safety_neurons run --profile {profile}{flags}` without --only/--from (finished stages are skipped)"
         )
     results = []
-    say = print if progress and group.is_main else (lambda *a, **k: None)
+    # One line per stage, also with progress bars off (a log reads them too); the main process speaks.
+    say = print if group.is_main else (lambda *a, **k: None)
     say(f"{profile}: {len(selected)} stage(s) -> {cfg.run_dir}", flush=True)
     for stage in selected:
         if skip[stage.stem]:

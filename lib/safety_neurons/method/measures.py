@@ -34,8 +34,7 @@ from tqdm.auto import tqdm
 
 from ..lm.generation import hf_and_device, left_pad, pad_token_id, position_ids
 from ..lm.memory import BatchSize, explained_oom, fitted_forward_batches
-from ..lm.models import model_shape
-from .neurons import NeuronsLike, as_neuron_list, group_by_layer, post_hook_names
+from .neurons import NeuronsLike, as_neuron_list, check_model_pair, group_by_layer, post_hook_names
 
 # (logits [B, L, vocab] float32 of the last L positions of a left-padded batch, the batch's rows as
 # indices into the caller's sequences) -> one result per row
@@ -53,21 +52,6 @@ def _checked_sequences(sequences: Sequence[Sequence[int]], what: str) -> list[li
         if not row:
             raise ValueError(f"{what} {i} has no tokens")
     return rows
-
-
-def _checked_pair(m1, m2):
-    """(hf1, hf2, device, shape) of two models of one architecture on one device and dtype."""
-    shape1, shape2 = model_shape(m1), model_shape(m2)
-    if shape1 != shape2:
-        raise ValueError(f"M1 and M2 have different shapes ({shape1} vs {shape2}): M2 must be M1's architecture")
-    hf1, device = hf_and_device(m1)
-    hf2, device2 = hf_and_device(m2)
-    if device2 != device:
-        raise ValueError(f"M1 is on {device} but M2 on {device2}: load both models on the same device")
-    dtype1, dtype2 = next(hf1.parameters()).dtype, next(hf2.parameters()).dtype
-    if dtype1 != dtype2:
-        raise ValueError(f"M1 is {dtype1} but M2 is {dtype2}: load both models with the same dtype")
-    return hf1, hf2, device, shape1
 
 
 @torch.no_grad()
@@ -101,7 +85,7 @@ def patched_forward(
     Memory: M2's captured values [B, T, k] plus one forward pass; batches as `fitted_forward_batches`.
     """
     seqs = _checked_sequences(sequences, "sequences")
-    hf1, hf2, device, shape = _checked_pair(m1, m2)
+    hf1, hf2, device, shape = check_model_pair(m1, m2)
     lengths = [len(s) for s in seqs]
     if keep is None:
         keeps = lengths

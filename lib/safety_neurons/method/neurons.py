@@ -124,3 +124,21 @@ def post_hook_names(bridge, layers: Sequence[int]) -> dict[int, str]:
         names[layer] = point.name or alias
     return names
 
+
+def check_model_pair(m1, m2):
+    """(hf1, hf2, device, shape) of two bridges whose neurons correspond one to one: the same architecture,
+    device and dtype (M2 is M1 with other weights or scales), as every patching path needs."""
+    from ..lm.generation import hf_and_device
+    from ..lm.models import model_shape
+
+    shape1, shape2 = model_shape(m1), model_shape(m2)
+    if shape1 != shape2:
+        raise ValueError(f"M1 and M2 have different shapes ({shape1} vs {shape2}): M2 must be M1's architecture")
+    hf1, device = hf_and_device(m1)
+    hf2, device2 = hf_and_device(m2)
+    if device2 != device:
+        raise ValueError(f"M1 is on {device} but M2 on {device2}: load both models on the same device")
+    dtype1, dtype2 = next(hf1.parameters()).dtype, next(hf2.parameters()).dtype
+    if dtype1 != dtype2:
+        raise ValueError(f"M1 is {dtype1} but M2 is {dtype2}: load both models with the same dtype")
+    return hf1, hf2, device, shape1

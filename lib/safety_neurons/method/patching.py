@@ -35,7 +35,7 @@ from ..lm.generation import Generation, checked_prompt_ids, eos_token_ids, hf_an
 from ..lm.memory import BatchSize, check_batch_size, explained_oom, fitted_rows
 from ..lm.models import ModelLoadError, check_adapter_base, IA3_KEY, as_name_list, model_shape, read_ia3_adapter
 from ..lm.sharding import length_batches
-from .neurons import Neuron, NeuronsLike, _pairs, as_neuron_list, group_by_layer, post_hook_names
+from .neurons import Neuron, NeuronsLike, _pairs, as_neuron_list, check_model_pair, group_by_layer, post_hook_names
 
 
 # Drop finished rows from the batch (and its KV caches) once at least this share of the rows is done.
@@ -531,17 +531,8 @@ def patched_generate(
     """
     opts = _options(max_new_tokens, batch_size, do_sample, temperature, top_p, seed, stop_strings, progress, desc, stop_when)
     prompts = checked_prompt_ids(prompt_ids, "prompts to generate from")
-    shape1, shape2 = model_shape(m1), model_shape(m2)
-    if shape1 != shape2:
-        raise ValueError(f"M1 and M2 have different shapes ({shape1} vs {shape2}): M2 must be M1's architecture")
+    hf1, hf2, device, shape1 = check_model_pair(m1, m2)
     pairs = as_neuron_list(neurons, shape1.n_layers, shape1.d_mlp)
-    hf1, device = hf_and_device(m1)
-    hf2, device2 = hf_and_device(m2)
-    if device2 != device:
-        raise ValueError(f"M1 is on {device} but M2 on {device2}: load both models on the same device")
-    dtype1, dtype2 = next(hf1.parameters()).dtype, next(hf2.parameters()).dtype
-    if dtype1 != dtype2:
-        raise ValueError(f"M1 is {dtype1} but M2 is {dtype2}: load both models with the same dtype")
     groups = _group_tensors(pairs, device)
     state = _PatchState()
     names1, names2 = post_hook_names(m1, list(groups)), post_hook_names(m2, list(groups))
