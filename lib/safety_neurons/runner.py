@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -133,7 +134,7 @@ def unfinished_because(cfg: RunConfig, stem: str, key: str) -> str:
     state = read_state(cfg, stem)
     metrics = cfg.metrics_path(stem)
     if state.get("key") != key:
-        return "not run with these inputs"
+        return "not run with these inputs: its notebook, the config, the library or an earlier stage changed since"
     try:
         read_metrics(metrics)
     except (OSError, ValueError):
@@ -211,7 +212,7 @@ def run(
     missing, skip = group.main_decides(plan)  # decided before any process writes anything
     if missing:
         why = unfinished_because(cfg, missing[0], keys[missing[0]])
-        flags = "".join(f" -p {k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items())
+        flags = "".join(" -p " + shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in overrides.items())
         raise StageError(
             f"stage {selected[0].stem} needs {', '.join(missing)} finished for this config first ({missing[0]}: {why}); "
             f"run `python -m safety_neurons run --profile {profile}{flags}` without --only/--from (finished stages are skipped)"
