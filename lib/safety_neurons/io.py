@@ -45,8 +45,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return write_text_atomic(path, _json_text(obj))
 
 
 def write_parquet_atomic(path: str | os.PathLike, frame, *, index: bool | None = False) -> Path:
@@ -165,7 +169,7 @@ def cached(path: str | os.PathLike, key: str, compute: Callable[[], Any], *,
         try:
             stored_key, value = load(final)
         except Exception as exc:  # noqa: BLE001 - any damage means "not cached"
-            warnings.warn(f"{final}: unreadable cached artifact ({type(exc).__name__}: {exc}); recomputing it", stacklevel=2)
+            _warn_unreadable(final, exc)
         else:
             if stored_key == key:
                 return value
@@ -183,9 +187,19 @@ def stored_json(path: str | os.PathLike, key: str) -> dict | None:
     try:
         saved = read_json(final)
     except (OSError, ValueError) as exc:
-        warnings.warn(f"{final}: unreadable cached artifact ({type(exc).__name__}: {exc}); recomputing it", stacklevel=2)
+        _warn_unreadable(final, exc)
         return None
     return saved if isinstance(saved, dict) and saved.get("key") == key else None
+
+
+def store_json(path: str | os.PathLike, key: str, fields: Mapping[str, Any]) -> Path:
+    """Write {"key": key, **fields} at `path` atomically: what `stored_json` and `cached_json` read back
+    (for a result whose computing and storing a caller splits, as the main process of a sharded run does)."""
+    return write_json_atomic(path, {"key": key, **fields})
+
+
+def _warn_unreadable(path: Path, exc: Exception) -> None:
+    warnings.warn(f"{path}: unreadable cached artifact ({type(exc).__name__}: {exc}); recomputing it", stacklevel=3)
 
 
 def cached_json(path: str | os.PathLike, key: str, compute: Callable[[], Any], *, field: str | None = "value",
@@ -201,8 +215,7 @@ def cached_json(path: str | os.PathLike, key: str, compute: Callable[[], Any], *
         return saved.get("key"), {k: v for k, v in saved.items() if k != "key" and k not in meta}
 
     def save(tmp: Path, k: str, value: Any) -> None:
-        stored = {"key": k, **meta, **(value if field is None else {field: value})}
-        tmp.write_text(json.dumps(stored, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(_json_text({"key": k, **meta, **(value if field is None else {field: value})}), encoding="utf-8")
 
     return cached(path, key, compute, load=load, save=save)
 

@@ -360,9 +360,8 @@ def _report_figures(cfg: RunConfig, stem: str) -> None:
     """Say in the terminal (not only inside the executed notebook) which of a stage's figures lack a format."""
     from .study.figures import figure_problems
 
-    for problem in figure_problems(cfg.run_dir):
-        if f"{stem[:2]}_" in problem:
-            print(f"  figure: {problem}", file=sys.stderr, flush=True)
+    for problem in figure_problems(cfg.run_dir, prefix=f"{stem[:2]}_"):  # figures are named after their notebook
+        print(f"  figure: {problem}", file=sys.stderr, flush=True)
 
 
 def kernel_config():

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..config import RunConfig
-from ..io import content_key, stored_json, write_json_atomic, write_parquet_atomic
+from ..io import content_key, store_json, stored_json, write_parquet_atomic
 from ..lm.generation import Generation
 from ..lm.models import adapter_digest
 from ..method.change_scores import NeuronRanking, activation_variance, change_scores, mean_difference
@@ -48,7 +48,7 @@ def m1_generations(cfg: RunConfig, m1, prompt_ids: list[list[int]], *, progress:
                                                                progress=progress, desc="M1 generates"),
                                    prompt_ids, rows)
     if is_main_process():
-        write_json_atomic(path, {"key": key, "generations": [asdict(g) for g in generations]})
+        store_json(path, key, {"generations": [asdict(g) for g in generations]})
     return generations
 
 

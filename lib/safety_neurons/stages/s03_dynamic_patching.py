@@ -257,17 +257,32 @@ def continuous_effects(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_id
     from tqdm.auto import tqdm
 
     from ..lm.models import adapter_digest
-    from ..method.measures import measure_effect
-    from ..method.neurons import k_from_percent, random_neurons
 
     digest = adapter_digest(adapter)
     answers = m2_answer_ids(cfg, m2, digest, prompt_ids)
+    n_neurons = ranking.n_neurons
+    rows = []
+    bar = tqdm(total=len(MEASURES) * len(cfg.patch_k_pcts), desc="continuous measures", unit="k", disable=not progress)
+    for measure in MEASURES:
+        def value(neurons, measure=measure) -> np.ndarray:
+            return measure_values(cfg, m1, m2, digest, measure, neurons, prompt_ids, answers)
+
+        ends = value([]), value(ranking.top(n_neurons).tolist())  # M1 (no neurons) and M2 (all of them)
+        rows += _measure_rows(cfg, measure, value, ends, ranking, alternatives or {}, bar)
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def _measure_rows(cfg: RunConfig, measure: str, value, ends, ranking, alternatives: dict, bar) -> list[dict]:
+    """continuous_effects' rows of one measure: the top-k and random arms at every k, the other rankings at
+    the headline k; `value(neurons)` gives the per-prompt values, `ends` M1's and M2's."""
+    from ..method.measures import measure_effect
+    from ..method.neurons import k_from_percent, random_neurons
+
     n_neurons, d_mlp = ranking.n_neurons, ranking.d_mlp
     rows = []
-    plan = [(measure, pct) for measure in MEASURES for pct in cfg.patch_k_pcts]
-    for measure, pct in tqdm(plan, desc="continuous measures", unit="k", disable=not progress):
-        value = lambda neurons: measure_values(cfg, m1, m2, digest, measure, neurons, prompt_ids, answers)  # noqa: E731
-        ends = value([]), value(ranking.top(n_neurons).tolist())
+    for pct in cfg.patch_k_pcts:
+        bar.update()
         top = ranking.top(k_from_percent(pct, n_neurons)).tolist()
         random = [value(random_neurons(top, d_mlp, s)) for s in cfg.patch_random_seeds]
         effect = measure_effect(value(top), *ends, random, n_boot=cfg.bootstrap_samples, seed=cfg.seed)
@@ -276,12 +291,12 @@ def continuous_effects(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_id
                      "C_random_hi": effect["random"]["hi"], "pvalue": effect["pvalue"], "f_m1": float(np.nanmean(ends[0])),
                      "f_m2": float(np.nanmean(ends[1])), "n_prompts": effect["n_prompts"]})
         if pct == cfg.headline_pct:
-            for name, other in (alternatives or {}).items():
+            for name, other in alternatives.items():
                 alt = measure_effect(value(other.top(k_from_percent(pct, n_neurons)).tolist()), *ends,
                                      n_boot=cfg.bootstrap_samples, seed=cfg.seed)
                 rows.append({"measure": measure, "arm": name, "k_pct": pct, "C": alt["C"], "lo": alt["lo"], "hi": alt["hi"],
                              "n_prompts": alt["n_prompts"]})
-    return pd.DataFrame(rows)
+    return rows
 
 
 def continuous_metrics(table) -> dict:

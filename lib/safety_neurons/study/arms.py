@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ..config import RunConfig
-from ..io import content_key, stored_json, write_json_atomic
+from ..io import content_key, store_json, stored_json
 from ..judges.refusal import refusal_judge
 from ..lm.generation import Generation
 from ..names import PHRASE_JUDGE
@@ -126,7 +126,7 @@ def run_arm(cfg: RunConfig, name: str, k_pct: float, seed: int | None, key: str,
     lengths = [len(g.completion_ids) for g in generations]
     arm = Arm(name, k_pct, seed, answers, refusal_judge(answers), sum(lengths), seconds, lengths)
     if is_main_process():
-        write_json_atomic(path, {"key": key, "judge": JUDGE, "early": early, "arm": asdict(arm)})
+        store_json(path, key, {"judge": JUDGE, "early": early, "arm": asdict(arm)})
     return arm
 
 

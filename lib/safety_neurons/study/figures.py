@@ -100,14 +100,14 @@ def render_run(run_dir: str | os.PathLike, formats: Sequence[str] = RENDER_FORMA
     return written
 
 
-def figure_problems(run_dir: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[str]:
-    """One line per figure of the run that lacks one of `formats` (for a terminal summary after a stage:
-    the kernel's warnings stay in the executed notebook)."""
+def figure_problems(run_dir: str | os.PathLike, formats: Sequence[str] = FORMATS, *, prefix: str = "") -> list[str]:
+    """One line per figure of the run whose name starts with `prefix` (a stage's figures: "03_") that lacks
+    one of `formats` (for a terminal summary after a stage: the kernel's warnings stay in the executed notebook)."""
     folder = figures_dir(run_dir)
     if not folder.is_dir():
         return []
     lines = []
-    names = sorted(set(_stems(folder, ".json")) | set(_stems(folder, ".html")))
+    names = sorted(n for n in set(_stems(folder, ".json")) | set(_stems(folder, ".html")) if n.startswith(prefix))
     for name in names:
         if "json" in formats and not (folder / f"{name}.json").exists():
             lines.append(_no_json_message(name))
