@@ -81,22 +81,3 @@ def test_continuous_measures_join_the_metrics_under_their_names():
     assert metrics["pvalue.logodds.k5"] == 0.02 and metrics["C.likelihood.safety.k1.lo"] == 0.1
     assert metrics["C.logodds.ia3_delta.k5"] == 0.7 and "C.logodds.ia3_delta.k1" not in metrics
     assert metrics["C.phrase.safety.k5"] == metrics["C.safety.k5"]  # the binary judge under its measure name
-
-
-def test_continuous_effects_on_tiny_models_are_0_at_m1_and_1_at_m2(run_root, adapter):
-    from safety_neurons.lm.models import load_model
-    from safety_neurons.method.change_scores import NeuronRanking
-    import torch
-
-    cfg = load_config("smoke", patch_k_pcts=[100], headline_pct=100, patch_random_seeds=[0], bootstrap_samples=50)
-    m1 = load_model("tiny-random-llama", device="cpu")
-    m2 = load_model("tiny-random-llama", adapter=adapter, device="cpu")
-    ranking = NeuronRanking("change_score", torch.rand(m1.cfg.n_layers, m1.cfg.d_mlp, generator=torch.Generator().manual_seed(0)))
-    prompt_ids = [[1, 40, 41, 42], [1, 50, 51], [1, 60, 61, 62, 63]]
-    table = stage.continuous_effects(cfg, m1, m2, adapter, ranking, prompt_ids, {"same": ranking}, progress=False)
-    assert set(table["measure"]) == {"logodds", "likelihood"}
-    top = table[table["arm"] == "safety"]
-    assert np.allclose(top["C"], 1.0) and np.allclose(top["C_random"], 1.0)  # k = 100%: every neuron, M2 itself
-    # cached: a second call reads every measure back
-    again = stage.continuous_effects(cfg, m1, m2, adapter, ranking, prompt_ids, {"same": ranking}, progress=False)
-    assert np.allclose(again["C"], table["C"])

@@ -90,6 +90,9 @@ class RunConfig:
     patch_batch_size: int | str | None = None
     headline_pct: float = 5.0
     bootstrap_samples: int = 2000
+    # Seeds of the sampled refusal measure (one sampled answer per prompt and seed, temperature 1) at the
+    # headline arms of stage 03: M1, M2, the top headline-k neurons and their random draws.
+    sample_seeds: tuple[int, ...] = (0, 1, 2, 3)
     # Safeguard (stage 07): held-out harmful prompts per guard set (None: all), the k sweep, the k of
     # the guard put to use, and the seeds of both random-neuron baselines.
     safeguard_prompts: int | None = 64
@@ -184,6 +187,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         patch_random_seeds=(0, 1),
         patch_prompts=4,
         bootstrap_samples=200,
+        sample_seeds=(0, 1),
         safeguard_prompts=4,
         safeguard_ks=(4, 8),
         safeguard_k=8,
@@ -236,6 +240,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         patch_k_pcts=(1, 5, 10, 20),
         patch_random_seeds=(0,),
         patch_prompts=32,
+        sample_seeds=(0, 1, 2),
         eval_prompts=32,
         eval_tokens=24,
         ppl_texts=24,
@@ -529,6 +534,8 @@ def _validate(cfg: RunConfig) -> None:
          f"finding_token_type must be completion, prompt or prompt_last, got {cfg.finding_token_type!r}")
     need(isinstance(cfg.patch_k_pcts, tuple) and len(cfg.patch_k_pcts) > 0 and all(0 < p <= 100 for p in cfg.patch_k_pcts),
          f"patch_k_pcts must be percentages in (0, 100] (k = 0 is M1, always run), got {cfg.patch_k_pcts!r}")
+    need(len(cfg.sample_seeds) > 0 and all(isinstance(s, int) for s in cfg.sample_seeds),
+         f"sample_seeds must be a non-empty list of integers (one sampled answer per prompt and seed), got {cfg.sample_seeds!r}")
     need(cfg.headline_pct in cfg.patch_k_pcts, f"headline_pct {cfg.headline_pct} must be one of patch_k_pcts {cfg.patch_k_pcts}")
     need(isinstance(cfg.patch_random_seeds, tuple) and len(cfg.patch_random_seeds) > 0,
          "patch_random_seeds must list at least one seed")

@@ -110,6 +110,8 @@ def patching_metrics(cfg: RunConfig, effects, sweep: "Sweep", seconds: float, co
     metrics["all_neurons_equals_m2"] = float(np.mean([a == b for a, b in zip(all_arm.answers, m2.answers)]))
     metrics["C"]["phrase"] = {"safety": dict(metrics["C"]["safety"]), "random": dict(metrics["C"]["random"])}
     if continuous is not None:
+        from ..study.effects import continuous_metrics
+
         extra = continuous_metrics(continuous)
         metrics["C"] |= extra["C"]
         metrics["pvalue"] |= extra["pvalue"]
@@ -207,107 +209,3 @@ def run_sweep(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[l
         ablations={n: a for (n, _, _), a in done.items() if n.endswith("_ablation")},
         two_model=done[("safety_two_model", cfg.headline_pct, None)],
     )
-
-
-# ---------------------------------------------------------------- continuous measures (issue 20)
-
-MEASURES = ("logodds", "likelihood")  # beside the binary phrase judge; each 0 at M1 and 1 at M2 by construction
-
-
-def m2_answer_ids(cfg: RunConfig, m2, digest: str | None, prompt_ids: list[list[int]]) -> list[list[int]]:
-    """Token ids of M2's own greedy answers to the patch prompts (the arms keep text only, and text is
-    never re-encoded: its tokens may differ), generated once and cached under the arm key of M2's answers."""
-    from ..io import cached_json
-    from ..lm.generation import greedy_generate
-
-    key = arm_key(cfg, prompt_ids, "generate", digest)
-    return cached_json(cfg.artifact_dir(STAGE) / "m2_answer_ids.json", key,
-                       lambda: [g.completion_ids for g in greedy_generate(m2, prompt_ids, **generation_options(cfg))],
-                       field="answer_ids")
-
-
-def measure_values(cfg: RunConfig, m1, m2, digest: str | None, measure: str, neurons, prompt_ids: list[list[int]],
-                   answer_ids: list[list[int]]) -> np.ndarray:
-    """Per-prompt values of one continuous measure for M1 with `neurons` patched from M2 ([] is M1 itself,
-    every neuron is M2), cached under a key of the models, prompts, neurons and answers."""
-    from ..io import cached_json
-    from ..method.measures import patched_answer_loglik, patched_refusal_logodds
-
-    pairs = [[int(layer), int(i)] for layer, i in neurons]
-    key = arm_key(cfg, prompt_ids, "two_model", digest, pairs, measure, answer_ids if measure == "likelihood" else None)
-    path = cfg.artifact_dir(STAGE) / "measures" / f"{key}.json"
-    batch = cfg.patch_batch_size or cfg.batch_size
-    if measure == "logodds":
-        compute = lambda: patched_refusal_logodds(m1, m2, prompt_ids, pairs, batch_size=batch).tolist()  # noqa: E731
-    elif measure == "likelihood":
-        compute = lambda: patched_answer_loglik(m1, m2, prompt_ids, answer_ids, pairs, batch_size=batch).tolist()  # noqa: E731
-    else:
-        raise ValueError(f"unknown measure {measure!r}; use one of {', '.join(MEASURES)}")
-    # NaN (an empty answer) is stored as null by JSON and read back as NaN
-    return np.asarray([np.nan if v is None else v for v in cached_json(path, key, compute, field="values")], dtype=np.float64)
-
-
-def continuous_effects(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[list[int]],
-                       alternatives: dict | None = None, *, progress: bool = True):
-    """C of every continuous measure for the top-k safety neurons at each k against layer-matched random
-    neurons (the sweep's seeds), and for other rankings' top headline-k (`alternatives`: {name: ranking}).
-    Returns a table, one row per (measure, arm, k): C with its bootstrap interval, and for the top-k rows
-    the random arm's C and the paired test."""
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from ..lm.models import adapter_digest
-
-    digest = adapter_digest(adapter)
-    answers = m2_answer_ids(cfg, m2, digest, prompt_ids)
-    n_neurons = ranking.n_neurons
-    rows = []
-    bar = tqdm(total=len(MEASURES) * len(cfg.patch_k_pcts), desc="continuous measures", unit="k", disable=not progress)
-    for measure in MEASURES:
-        def value(neurons, measure=measure) -> np.ndarray:
-            return measure_values(cfg, m1, m2, digest, measure, neurons, prompt_ids, answers)
-
-        ends = value([]), value(ranking.top(n_neurons).tolist())  # M1 (no neurons) and M2 (all of them)
-        rows += _measure_rows(cfg, measure, value, ends, ranking, alternatives or {}, bar)
-    bar.close()
-    return pd.DataFrame(rows)
-
-
-def _measure_rows(cfg: RunConfig, measure: str, value, ends, ranking, alternatives: dict, bar) -> list[dict]:
-    """continuous_effects' rows of one measure: the top-k and random arms at every k, the other rankings at
-    the headline k; `value(neurons)` gives the per-prompt values, `ends` M1's and M2's."""
-    from ..method.measures import measure_effect
-    from ..method.neurons import k_from_percent, random_neurons
-
-    n_neurons, d_mlp = ranking.n_neurons, ranking.d_mlp
-    rows = []
-    for pct in cfg.patch_k_pcts:
-        bar.update()
-        top = ranking.top(k_from_percent(pct, n_neurons)).tolist()
-        random = [value(random_neurons(top, d_mlp, s)) for s in cfg.patch_random_seeds]
-        effect = measure_effect(value(top), *ends, random, n_boot=cfg.bootstrap_samples, seed=cfg.seed)
-        rows.append({"measure": measure, "arm": "safety", "k_pct": pct, "C": effect["C"], "lo": effect["lo"], "hi": effect["hi"],
-                     "C_random": effect["random"]["C"], "C_random_lo": effect["random"]["lo"],
-                     "C_random_hi": effect["random"]["hi"], "pvalue": effect["pvalue"], "f_m1": float(np.nanmean(ends[0])),
-                     "f_m2": float(np.nanmean(ends[1])), "n_prompts": effect["n_prompts"]})
-        if pct == cfg.headline_pct:
-            for name, other in alternatives.items():
-                alt = measure_effect(value(other.top(k_from_percent(pct, n_neurons)).tolist()), *ends,
-                                     n_boot=cfg.bootstrap_samples, seed=cfg.seed)
-                rows.append({"measure": measure, "arm": name, "k_pct": pct, "C": alt["C"], "lo": alt["lo"], "hi": alt["hi"],
-                             "n_prompts": alt["n_prompts"]})
-    return rows
-
-
-def continuous_metrics(table) -> dict:
-    """`C.<measure>.<arm>.k<pct>` (+ `.lo`/`.hi`), `C.<measure>.random.k<pct>`, `pvalue.<measure>.k<pct>`."""
-    metrics: dict = {"C": {}, "pvalue": {}}
-    for _, row in table.iterrows():
-        label = f"k{pct_label(row['k_pct'])}"
-        by_arm = metrics["C"].setdefault(row["measure"], {})
-        by_arm.setdefault(row["arm"], {}).update({label: row["C"], f"{label}.lo": row["lo"], f"{label}.hi": row["hi"]})
-        if row["arm"] == "safety":
-            by_arm.setdefault("random", {}).update({label: row["C_random"], f"{label}.lo": row["C_random_lo"],
-                                                    f"{label}.hi": row["C_random_hi"]})
-            metrics["pvalue"].setdefault(row["measure"], {})[label] = row["pvalue"]
-    return metrics

@@ -10,3 +10,4 @@ ALIGNMENT_TAX = "06_alignment_tax"
 SAFEGUARD = "07_safeguard"
 INTERPRETATION = "08_interpretation"
 ARMS = "arms"  # the run-wide arm store (study/arms.py)
+MEASURE_STORE = "measures"  # the run-wide store of per-prompt continuous measures (study/effects.py)

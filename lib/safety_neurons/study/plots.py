@@ -328,7 +328,7 @@ def _tax_arm(arm: str) -> str:
 
 
 MEASURE_NAMES = {"phrase": "refusal phrase (greedy answers)", "logodds": "refusal log-odds at the first answer position",
-                 "likelihood": "log-likelihood of M2's answer"}
+                 "likelihood": "log-likelihood of M2's answer", "sampled": "refusal share of sampled answers"}
 
 
 def measures_vs_k(continuous, effects=None, *, title: str = "Causal effect C by measure: top-k vs random neurons"):
