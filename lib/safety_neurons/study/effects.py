@@ -94,6 +94,11 @@ def effect_row(measure: str, arm: str, pct: float, value: np.ndarray, ends: tupl
     with `random` arms the random C, its interval and the paired test."""
     from ..method.measures import measure_effect
 
+    if np.nanmean(ends[0]) == np.nanmean(ends[1]):  # M2 no safer than M1 on this measure: C is undefined
+        nan = float("nan")
+        row = {"measure": measure, "arm": arm, "k_pct": pct, "C": nan, "lo": nan, "hi": nan, "f_m1": float(np.nanmean(ends[0])),
+               "f_m2": float(np.nanmean(ends[1])), "n_prompts": int(np.isfinite(value).sum())}
+        return row | ({"C_random": nan, "C_random_lo": nan, "C_random_hi": nan, "pvalue": nan} if random else {})
     effect = measure_effect(value, *ends, list(random), n_boot=n_boot, seed=seed)
     row = {"measure": measure, "arm": arm, "k_pct": pct, "C": effect["C"], "lo": effect["lo"], "hi": effect["hi"],
            "f_m1": float(np.nanmean(ends[0])), "f_m2": float(np.nanmean(ends[1])), "n_prompts": effect["n_prompts"]}
@@ -189,3 +194,104 @@ def continuous_metrics(table) -> dict:
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+# ----------------------------------------------------------------------------------------------
+# C of given neuron sets (stages 04, 05, 06, 08): no k grid, the headline arms of each stage
+# ----------------------------------------------------------------------------------------------
+
+
+def effect_row_or_nan(measure: str, arm: str, pct: float, value: np.ndarray, ends: tuple[np.ndarray, np.ndarray],
+                      random: Sequence[np.ndarray] = (), *, n_boot: int, seed: int) -> dict:
+    """`effect_row` plus `random_arms` (how many random arms it was tested against), or the same row with
+    NaN for C, its interval and the test where C is undefined (M1's and M2's means equal on the prompts
+    finite in every arm, as a binary judge gives when neither or both refuse every prompt)."""
+    m1, m2 = (np.asarray(e, dtype=np.float64) for e in ends)
+    arms = [np.asarray(value, dtype=np.float64), m1, m2, *[np.asarray(r, dtype=np.float64) for r in random]]
+    ok = np.logical_and.reduce([np.isfinite(a) for a in arms])
+    if ok.any() and m1[ok].mean() != m2[ok].mean():
+        return effect_row(measure, arm, pct, value, ends, random, n_boot=n_boot, seed=seed) | {"random_arms": len(random)}
+    nan = float("nan")
+    row = {"measure": measure, "arm": arm, "k_pct": pct, "C": nan, "lo": nan, "hi": nan,
+           "f_m1": float(np.nanmean(m1)), "f_m2": float(np.nanmean(m2)), "n_prompts": int(ok.sum())}
+    if random:
+        row |= {"C_random": nan, "C_random_lo": nan, "C_random_hi": nan, "pvalue": nan}
+    return row | {"random_arms": len(random)}
+
+
+def neuron_set_effects(cfg: RunConfig, m1, m2, digest, prompt_ids: list[list[int]], arms: Mapping[str, object],
+                       every, random: Sequence = (), *, pct: float, answers: list[list[int]] | None = None,
+                       measures: Sequence[str] = MEASURES, columns: Mapping | None = None):
+    """C of each teacher-forced measure for M1 with each of `arms`' neuron sets ({name: neurons}) patched
+    from M2, between M1 (no neurons) and M2 (`every`: every neuron; pass a ranking's `top(n_neurons)`, the
+    order stage 03 uses, so that values it stored are read back), each against the `random` neuron sets
+    (their C and the paired test, on every arm's row). `digest` names M2 (or the pair) in the store keys;
+    `answers`: the likelihood's answer ids (default M2's greedy answers, m2_answer_ids). One row per
+    (measure, arm) as effect_row's (NaN where C is undefined), with `columns` added to each row."""
+    import pandas as pd
+
+    if answers is None and "likelihood" in measures:
+        answers = m2_answer_ids(cfg, m2, digest, prompt_ids)
+    stats = dict(n_boot=cfg.bootstrap_samples, seed=cfg.seed)
+    rows = []
+    for measure in measures:
+        def value(neurons, measure=measure) -> np.ndarray:
+            return measure_values(cfg, m1, m2, digest, measure, neurons, prompt_ids, answers)
+
+        ends = value([]), value(every)
+        rand = [value(r) for r in random]
+        for name, neurons in arms.items():
+            rows.append(effect_row_or_nan(measure, name, pct, value(neurons), ends, rand, **stats) | dict(columns or {}))
+    return pd.DataFrame(rows)
+
+
+def score_effects(arms: Mapping[str, np.ndarray], m1: np.ndarray, m2: np.ndarray, random: Sequence[np.ndarray] = (), *,
+                  measure: str, pct: float, n_boot: int, seed: int, columns: Mapping | None = None):
+    """Rows as neuron_set_effects' from per-prompt scores already in hand (a binary judge's verdicts of
+    generated arms, `measure` e.g. "phrase"): C of each of `arms` ({name: scores}) between `m1` and `m2`
+    against the `random` arms."""
+    import pandas as pd
+
+    return pd.DataFrame([effect_row_or_nan(measure, name, pct, np.asarray(s, dtype=np.float64), (m1, m2), list(random),
+                                           n_boot=n_boot, seed=seed) | dict(columns or {}) for name, s in arms.items()])
+
+
+def labelled_metrics(table, label: str, *, pvalue_by_arm: bool = False) -> dict:
+    """`C.<measure>.<arm>.<label>` (+ `.lo`/`.hi`), with random arms `C.<measure>.random.<label>` and
+    `pvalue.<measure>.<label>` (`pvalue.<measure>.<arm>.<label>` with `pvalue_by_arm`, for several arms
+    tested against the same random ones), the label read from the table's `label` column (a prompt
+    set, a training seed, a k as `k<pct>` when `label` is "k_pct")."""
+    metrics: dict = {"C": {}, "pvalue": {}}
+    for _, row in table.iterrows():
+        name = f"k{pct_label(row['k_pct'])}" if label == "k_pct" else str(row[label])
+        by_arm = metrics["C"].setdefault(row["measure"], {})
+        by_arm.setdefault(row["arm"], {}).update({name: row["C"], f"{name}.lo": row["lo"], f"{name}.hi": row["hi"]})
+        if row.get("random_arms", 0) > 0:
+            by_arm.setdefault("random", {}).update({name: row["C_random"], f"{name}.lo": row["C_random_lo"],
+                                                    f"{name}.hi": row["C_random_hi"]})
+            tests = metrics["pvalue"].setdefault(row["measure"], {})
+            (tests.setdefault(row["arm"], {}) if pvalue_by_arm else tests)[name] = row["pvalue"]
+    return metrics
+
+
+def effect_pivot(table, index: str | list[str]):
+    """A wide view of an effect table for a notebook: one row per `index` value(s), one column per measure
+    giving C and its interval as text ("0.42 [0.10, 0.71]"), and where the table has random arms the random
+    neurons' C and the paired test's p-value beside it."""
+    import pandas as pd
+
+    def show(c, lo, hi) -> str:
+        return "n/a" if _missing(c) else f"{c:.2f} [{lo:.2f}, {hi:.2f}]"
+
+    keys = [index] if isinstance(index, str) else list(index)
+    cells: dict = {}
+    for _, row in table.iterrows():
+        at = tuple(row[k] for k in keys)
+        cells.setdefault(at, {})[f"C {row['measure']}"] = show(row["C"], row["lo"], row["hi"])
+        if row.get("random_arms", 0) > 0:
+            cells[at][f"C {row['measure']} random"] = show(row["C_random"], row["C_random_lo"], row["C_random_hi"])
+            cells[at][f"p {row['measure']}"] = "n/a" if _missing(row["pvalue"]) else f"{row['pvalue']:.3g}"
+    wide = pd.DataFrame.from_dict(cells, orient="index")
+    wide.index = pd.MultiIndex.from_tuples(wide.index, names=keys) if len(keys) > 1 else \
+        pd.Index([k[0] for k in wide.index], name=keys[0])
+    return wide
