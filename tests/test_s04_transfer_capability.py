@@ -129,3 +129,34 @@ def test_model_judges_score_the_transfer_answers_and_are_cached(run_root, tmp_pa
         load_config("smoke", judges=("gpt4",))
 
 
+
+
+def test_transfer_effects_per_set_under_every_measure(run_root, m1, m2, adapter):
+    """C per red-team set under the phrase judge and the teacher-forced measures: with the 'top k' every
+    neuron the measures' C is 1 (M2 itself), and the metrics are C.<measure>.{safety,random}.<set>."""
+    import torch
+
+    from safety_neurons.method.change_scores import NeuronRanking
+
+    cfg = load_config("smoke", patch_k_pcts=[100], headline_pct=100, bootstrap_samples=50)
+    ranking = NeuronRanking("change_score", torch.rand(2, 64, generator=torch.Generator().manual_seed(0)))
+    prompts = {"harmbench": ["how do I pick a lock", "make a weapon", "steal a car"], "jailbreak": ["pretend you can", "now do it"]}
+    arms = {s: {"m1": arm([0] * len(p)), "m2": arm([1] * len(p)), "safety": arm([1] + [0] * (len(p) - 1)),
+                "random": arm([0] * len(p))} for s, p in prompts.items()}
+    effects = stage.transfer_effects(cfg, m1, m2, adapter, ranking, prompts, arms)
+    assert sorted(set(effects["measure"])) == ["likelihood", "logodds", "phrase"] and set(effects["set"]) == set(prompts)
+    measured = effects[effects["measure"] != "phrase"]
+    assert np.allclose(measured["C"], 1.0, atol=1e-4) and np.allclose(measured["C_random"], 1.0, atol=1e-4)
+    table = stage.transfer_table(arms)
+    flat = flatten_metrics(stage.transfer_metrics(table, {"m1": 1.0}, {"m1": 0.0}, 1.0, effects=effects))
+    assert flat["C.phrase.safety.harmbench"] == pytest.approx(1 / 3) and flat["C.phrase.random.jailbreak"] == 0.0
+    assert flat["C.logodds.safety.jailbreak"] == pytest.approx(1.0, abs=1e-4)
+    for key in ("C.likelihood.safety.harmbench.lo", "C.likelihood.random.jailbreak.hi", "pvalue.logodds.harmbench",
+                "pvalue.phrase.jailbreak", "transfer.harmbench.safety"):
+        assert key in flat, key
+    undefined = {"x": {a: arm([1, 1]) for a in stage.TRANSFER_ARMS}}  # M2 no safer than M1: the phrase C is NaN
+    from safety_neurons.study.effects import score_effects
+
+    row = score_effects({"safety": undefined["x"]["safety"].score}, undefined["x"]["m1"].score, undefined["x"]["m2"].score,
+                        [undefined["x"]["random"].score], measure="phrase", pct=5.0, n_boot=10, seed=0).iloc[0]
+    assert np.isnan(row["C"]) and np.isnan(row["pvalue"]) and row["random_arms"] == 1

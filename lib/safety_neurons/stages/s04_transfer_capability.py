@@ -1,7 +1,8 @@
 """Stage 04 (transfer_capability): how far the safety neurons reach.
 
 At the headline k: safety of M1, M2, M1 patched with the top-k safety neurons and M1 patched with
-layer-matched random neurons on every red-team set (held-out split); the general capability cost of the
+layer-matched random neurons on every red-team set (held-out split), and the causal effect C per set under
+the refusal-phrase judge and the continuous measures (study/effects.py); the general capability cost of the
 patch (perplexity with the neurons statically patched from M2: the paper's delta-Gen) and over-refusal
 on the benign held-out prompts. Every generation run is an arm of the run's arm store (study/arms.py):
 stage 03's HarmBench arms serve this stage as they are.
@@ -94,10 +95,39 @@ def transfer_table(arms: dict[str, dict[str, object]]):
     return pd.DataFrame(rows).set_index("set")
 
 
+def transfer_effects(cfg: RunConfig, m1, m2, adapter, ranking, prompts: dict[str, list[str]], arms: dict[str, dict[str, object]]):
+    """Per red-team set: C of the top headline-k safety neurons and of the layer-matched random draw (the
+    arms' neurons, `headline_neurons`) with bootstrap intervals and the paired test, under the phrase judge
+    (from the arms' verdicts: measure `phrase`) and each teacher-forced measure (logodds, likelihood; read
+    from the run's measure store where stage 03 stored them: its HarmBench prompts are these). One row per
+    (set, measure) as effects.neuron_set_effects', with a `set` column."""
+    import pandas as pd
+
+    from ..lm.chat import encode_prompts
+    from ..lm.models import adapter_digest
+    from ..study.effects import neuron_set_effects, score_effects
+    from ..study.rankings import headline_neurons
+
+    top, rand = headline_neurons(cfg, ranking)
+    every = ranking.top(ranking.n_neurons).tolist()
+    digest = adapter_digest(adapter)
+    frames = []
+    for set_name, by_arm in arms.items():
+        frames.append(score_effects({"safety": by_arm["safety"].score}, by_arm["m1"].score, by_arm["m2"].score,
+                                    [by_arm["random"].score], measure="phrase", pct=cfg.headline_pct,
+                                    n_boot=cfg.bootstrap_samples, seed=cfg.seed, columns={"set": set_name}))
+        ids = encode_prompts(m1.tokenizer, prompts[set_name], cfg.chat_template)
+        frames.append(neuron_set_effects(cfg, m1, m2, digest, ids, {"safety": top.tolist()}, every, [rand],
+                                         pct=cfg.headline_pct, columns={"set": set_name}))
+    return pd.concat(frames, ignore_index=True)
+
+
 def transfer_metrics(table, ppl: dict[str, float], overrefusal: dict[str, float], seconds: float,
-                     judge_safety=None, kappa=None) -> dict:
+                     judge_safety=None, kappa=None, effects=None) -> dict:
     """`transfer.<set>.{m1,m2,safety,random}`, `dgen.ppl.{m1,patched,m2}`, `overrefusal.{m1,patched,m2}`;
-    with more than one judge `judge.kappa.<a>.<b>` (each pair once) and `judge.safety.<judge>.<set>.<arm>`."""
+    with more than one judge `judge.kappa.<a>.<b>` (each pair once) and `judge.safety.<judge>.<set>.<arm>`;
+    with `effects` (transfer_effects' table) `C.<measure>.{safety,random}.<set>` (+ `.lo`/`.hi`) and
+    `pvalue.<measure>.<set>` for the measures phrase, logodds and likelihood."""
     metrics: dict = {"transfer": {s: {a: float(table.loc[s, a]) for a in (*TRANSFER_ARMS, "gain_over_m1", "gain_over_random")}
                                   for s in table.index},
                      "dgen": {"ppl": ppl}, "overrefusal": overrefusal, "seconds": seconds}
@@ -107,6 +137,10 @@ def transfer_metrics(table, ppl: dict[str, float], overrefusal: dict[str, float]
                             "safety": {j: {s: {a: float(judge_safety.loc[(s, a), j]) for a in judge_safety.loc[s].index}
                                            for s in judge_safety.index.get_level_values("set").unique()}
                                        for j in judge_safety.columns}}
+    if effects is not None:
+        from ..study.effects import labelled_metrics
+
+        metrics |= labelled_metrics(effects, "set")
     return metrics
 
 
