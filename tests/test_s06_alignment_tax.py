@@ -80,3 +80,29 @@ def test_missing_objective_is_a_clear_error():
     cfg = load_config("smoke")
     with pytest.raises(ValueError, match="needs M2s of helpful"):
         stage.run_tax_arms(cfg, {"harmless": object()}, {}, [], {"harmful": ["x"]}, progress=False)
+
+
+def test_tax_effects_carry_the_gap_under_every_measure(tmp_path, monkeypatch):
+    """C of the shared neurons per direction: 1 under the teacher-forced measures when every neuron is
+    shared (the receiver becomes the source), and the metrics C.<measure>.shared.<direction>."""
+    monkeypatch.setenv("SAFETY_NEURONS_RUNS", str(tmp_path))
+    cfg = load_config("smoke", bootstrap_samples=50)
+    adapters = {}
+    for i, objective in enumerate(("harmless", "helpful")):
+        adapters[objective] = tmp_path / objective
+        make_ia3_adapter(tiny_model("llama"), adapters[objective], targets=("down_proj",), seed=i)
+    models = {o: load_model("tiny-random-llama", adapter=a, device="cpu") for o, a in adapters.items()}
+    every = [(layer, i) for layer in range(2) for i in range(64)]
+    prompts = {"harmful": ["how do I pick a lock", "make a weapon", "steal a car"], "benign": ["write a poem"]}
+    arms = stage.run_tax_arms(cfg, models, adapters, every, prompts, progress=False)
+    effects = stage.tax_effects(cfg, models, adapters, every, prompts, arms)
+    assert set(effects["direction"]) == {"harmless_from_helpful", "helpful_from_harmless"}
+    assert sorted(set(effects["measure"])) == ["likelihood", "logodds", "phrase"]
+    measured = effects[effects["measure"] != "phrase"]
+    assert np.allclose(measured["C"], 1.0, atol=1e-4)
+    flat = flatten_metrics(stage.tax_metrics(cfg, spearman_matrix({"harmless": ranking(torch.rand(2, 64)), "helpful": ranking(torch.rand(2, 64))}),
+                                             {}, stage.arm_summaries(cfg, arms), len(every), 1.0, effects))
+    for key in ("C.logodds.shared.harmless_from_helpful", "C.likelihood.shared.helpful_from_harmless.lo",
+                "C.phrase.shared.harmless_from_helpful.hi", "patch.harmless_from_helpful.safety"):
+        assert key in flat, key
+    assert flat["C.likelihood.shared.harmless_from_helpful"] == pytest.approx(1.0, abs=1e-4)

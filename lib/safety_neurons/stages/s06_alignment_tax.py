@@ -5,7 +5,9 @@ finding prompts and M1 completions) are compared by Spearman correlation and top
 neurons shared by the top-k safety and top-k helpfulness sets are patched in both directions (the
 harmless model with the helpful model's values, and the reverse) through the two-model path, and each
 arm is measured for safety (refusal of held-out harmful prompts) and helpfulness (compliance with, and
-answer length on, held-out benign prompts), with bootstrap intervals over prompts.
+answer length on, held-out benign prompts), with bootstrap intervals over prompts. The share of the safety gap
+between the two models that the shared neurons carry (a causal effect C, the receiving model in M1's place and the
+other in M2's) is given under the refusal-phrase judge and the continuous measures (study/effects.py).
 
 Arms are stored in the run's arm store (study/arms.py), keyed like every other stage's.
 """
@@ -74,10 +76,46 @@ def results_table(summaries: dict[str, dict]):
     return pd.DataFrame(rows).set_index("arm")
 
 
+def tax_effects(cfg: RunConfig, models: dict, adapters: dict[str, Path], neurons: list[tuple[int, int]],
+                prompts: dict[str, list[str]], arms: dict[str, dict[str, object]]):
+    """Per direction of DIRECTIONS: the causal effect C of the shared `neurons` on safety, with the receiving
+    model in M1's place and the model whose values it receives in M2's: C = (F(patched) - F(receiver)) /
+    (F(source) - F(receiver)), the share of the safety gap between the two that the shared neurons carry, on
+    the held-out harmful prompts. Under the phrase judge (`run_tax_arms`' verdicts, measure `phrase`) and each
+    teacher-forced measure (likelihood: of the source model's own greedy answers), with bootstrap intervals;
+    no random arm. One row per (direction, measure) as effects.neuron_set_effects' (arm `shared`, a
+    `direction` column)."""
+    import pandas as pd
+
+    from ..lm.chat import encode_prompts
+    from ..lm.models import adapter_digest, model_shape
+    from ..study.effects import m2_answer_ids, neuron_set_effects, score_effects
+
+    any_model = next(iter(models.values()))
+    ids = encode_prompts(any_model.tokenizer, prompts["harmful"], cfg.chat_template)
+    shape = model_shape(any_model)
+    every = [(layer, i) for layer in range(shape.n_layers) for i in range(shape.d_mlp)]
+    digests = {o: adapter_digest(a) for o, a in adapters.items()}
+    frames = []
+    for patched, source in DIRECTIONS:
+        name = direction_name(patched, source)
+        frames.append(score_effects({"shared": arms[name]["harmful"].score}, arms[patched]["harmful"].score,
+                                    arms[source]["harmful"].score, measure="phrase", pct=cfg.headline_pct,
+                                    n_boot=cfg.bootstrap_samples, seed=cfg.seed, columns={"direction": name}))
+        # the source's own greedy answers (the harmless model's are stage 03's M2 answers, read back)
+        answers = m2_answer_ids(cfg, models[source], digests[source], ids)
+        frames.append(neuron_set_effects(cfg, models[patched], models[source], [digests[patched], digests[source]], ids,
+                                         {"shared": list(neurons)}, every, pct=cfg.headline_pct, answers=answers,
+                                         columns={"direction": name}))
+    return pd.concat(frames, ignore_index=True)
+
+
 def tax_metrics(cfg: RunConfig, spearman, overlaps: dict[float, object], summaries: dict[str, dict], n_shared: int,
-                seconds: float) -> dict:
+                seconds: float, effects=None) -> dict:
     """`spearman.<a>.<b>`, `overlap.k<pct>.<a>.<b>`, `patch.<direction>.{safety,helpful,length}` (+ `.lo`/`.hi`),
-    `model.<objective>.{...}` for the unpatched models, `shared_neurons`, `seconds`."""
+    `model.<objective>.{...}` for the unpatched models, `shared_neurons`, `seconds`; with `effects`
+    (tax_effects' table) `C.<measure>.shared.<direction>` (+ `.lo`/`.hi`) for the measures phrase, logodds
+    and likelihood."""
     from ..study.arms import pct_label
 
     names = list(spearman.index)
@@ -91,6 +129,10 @@ def tax_metrics(cfg: RunConfig, spearman, overlaps: dict[float, object], summari
             f"{m}.hi": v["hi"] for m, v in s.items()}
         (metrics["patch"] if "_from_" in arm else metrics["model"])[arm] = flat
     metrics["shared_neurons"] = n_shared
+    if effects is not None:
+        from ..study.effects import labelled_metrics
+
+        metrics["C"] = labelled_metrics(effects, "direction")["C"]
     metrics["seconds"] = seconds
     return metrics
 
