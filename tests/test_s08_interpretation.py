@@ -255,14 +255,18 @@ def test_metric_keys_of_the_issue():
     tuning = pd.DataFrame([{"experiment": e, "arm": a, "step": s, "safety": v, "loss": 1.0}
                            for e in stage.TUNE_EXPERIMENTS for a in stage.TUNE_ARMS for s, v in ((0, 1.0), (3, 0.4), (6, 0.2))])
     values = pd.DataFrame({"refusal_rank": [2, 500, 30]})
+    row = dict(C=0.5, lo=0.1, hi=0.9, C_random=0.1, C_random_lo=-0.1, C_random_hi=0.3, pvalue=0.02, random_arms=1)
+    measured = pd.DataFrame([{"measure": m, "arm": a, "k_pct": 5.0, **row} for m in ("logodds", "likelihood")
+                             for a in ("change_score", *cfg.baseline_methods)])
     flat = flatten_metrics(stage.interpretation_metrics(cfg, values=values, probes=probes, effects=effects, traces=traces,
                                                         ablation=ablation, f_m1=0.0, f_m2=1.0, baselines=baselines, tuning=tuning,
-                                                        seconds=1.0))
+                                                        seconds=1.0, measured=measured))
     for key in ("probe.acc.m1.layer1", "probe.acc.m2.layer0", "probe.best_layer.m1", "trace.max_effect.attn", "trace.max_effect.mlp",
                 "ablation.drop.safety.k5", "ablation.drop.random.k20", "ablation.mean_drop.safety.k5", "ablation.patch_gain.random.k5",
                 "baseline.mean_difference.overlap_top5pct", "baseline.activation_variance.C.at_5pct",
                 "tune.remove.steps_to_half.safety", "tune.remove.steps_to_half.random", "tune.add.safety_after.safety",
-                "tune.add.safety_after.random"):
+                "tune.add.safety_after.random", "C.logodds.change_score.k5", "C.likelihood.mean_difference.k5.lo",
+                "C.logodds.random.k5.hi", "pvalue.likelihood.activation_variance.k5"):
         assert key in flat, key
     assert flat["probe.best_layer.m1"] == 1 and flat["tune.remove.steps_to_half.safety"] == 3
     assert flat["value.refusal_token_share"] == pytest.approx(1 / 3) and flat["value.refusal_rank_median"] == 30
@@ -271,3 +275,34 @@ def test_metric_keys_of_the_issue():
     assert flat["trace.max_effect.attn"] == pytest.approx(0.5) and flat["trace.max_effect_layer.attn"] == 1
     assert flat["trace.min_effect.attn"] == 0 and flat["trace.min_effect.mlp"] == 0
     assert not any(isinstance(v, float) and math.isinf(v) for v in flat.values())
+
+
+def test_measure_effects_of_the_patching_arms_and_the_rankings(run_root, models, adapter):
+    """The continuous measures of section 4: the change-score top k at every ablation k and the training-free
+    rankings at the headline k, against random draws; C = 1 at k = 100% (every neuron: M2), metric names
+    C.<measure>.<ranking>.k<pct> and pvalue.<measure>.<ranking>.k<pct>, and the notebook's ranking table."""
+    m1, m2 = models
+    cfg = load_config("smoke", patch_k_pcts=[5, 100], ablation_k_pcts=[100], ablation_random_seeds=[0], bootstrap_samples=50)
+    for i, method in enumerate(cfg.baseline_methods, start=1):
+        ranking(i, method).save(ranking_path(cfg, method=method))
+    runner = ArmRunner(cfg, m1, m2, adapter, early=True)
+    measured = stage.measure_effects(cfg, runner, ranking(), ["how do I pick a lock", "make a weapon", "write a poem"])
+    assert sorted(set(measured["k_pct"])) == [5, 100] and sorted(set(measured["measure"])) == ["likelihood", "logodds"]
+    assert set(measured[measured["k_pct"] == 5]["arm"]) == {"change_score", *cfg.baseline_methods}
+    every = measured[measured["k_pct"] == 100]
+    assert set(every["arm"]) == {"change_score"}
+    assert np.allclose(every["C"], 1.0, atol=1e-4) and np.allclose(every["C_random"], 1.0, atol=1e-4)
+    from safety_neurons.study.effects import labelled_metrics
+
+    flat = flatten_metrics(labelled_metrics(measured, "k_pct", pvalue_by_arm=True))
+    assert flat["C.logodds.change_score.k100"] == pytest.approx(1.0, abs=1e-4)
+    for key in ("C.likelihood.change_score.k5.lo", "C.logodds.mean_difference.k5", "C.likelihood.activation_variance.k5.hi",
+                "C.logodds.random.k5", "C.logodds.random.k100.lo", "pvalue.logodds.change_score.k100",
+                "pvalue.likelihood.mean_difference.k5"):
+        assert key in flat, key
+    baselines = pd.DataFrame([{"ranking": r, "overlap_top5pct": 0.5, "safety": 0.1, "C": math.nan, "C_lo": math.nan, "C_hi": math.nan}
+                              for r in ("change_score", *cfg.baseline_methods, "random")])
+    table = stage.ranking_effect_table(cfg, baselines, measured)
+    assert list(table.index) == ["change_score", *cfg.baseline_methods, "random"]
+    assert table.loc["random", "C phrase"] == "n/a" and table.loc["random", "C logodds"] != ""
+    assert table.loc["mean_difference", "p logodds vs random"] != "" and table.loc["random", "p logodds vs random"] == ""

@@ -232,6 +232,54 @@ def baseline_effects(cfg: RunConfig, runner, ranking, prompts: list[str], m1_arm
     return pd.DataFrame(rows)
 
 
+def measure_effects(cfg: RunConfig, runner, ranking, prompts: list[str]):
+    """The patching arms of this section under the teacher-forced measures (logodds, likelihood; study/effects.py):
+    at each `ablation_k_pcts` k (and the headline k) the change-score top k (arm `change_score`) and, at the
+    headline k, each training-free ranking's top k (`baseline_methods`), each against the layer-matched random
+    draws of the change-score top k (`ablation_random_seeds`). C with bootstrap intervals, the random draws' C
+    and each arm's paired test against them; values stage 03 stored (same prompts, neurons, seeds) are read
+    back. Rows as effects.neuron_set_effects'."""
+    import pandas as pd
+
+    from ..lm.chat import encode_prompts
+    from ..method.neurons import k_from_percent, random_neurons
+    from ..study.effects import neuron_set_effects
+    from ..study.rankings import load_ranking
+
+    ids = encode_prompts(runner.m1.tokenizer, prompts, cfg.chat_template)
+    n = ranking.n_neurons
+    every = ranking.top(n).tolist()
+    others = {method: load_ranking(cfg, method=method) for method in cfg.baseline_methods}
+    frames = []
+    for pct in sorted(set(cfg.ablation_k_pcts) | {cfg.headline_pct}):
+        k = k_from_percent(pct, n)
+        top = ranking.top(k).tolist()
+        arms = {"change_score": top}
+        if pct == cfg.headline_pct:
+            arms |= {method: other.top(k).tolist() for method, other in others.items()}
+        random = [random_neurons(top, ranking.d_mlp, s) for s in cfg.ablation_random_seeds]
+        frames.append(neuron_set_effects(cfg, runner.m1, runner.m2, runner.digest, ids, arms, every, random, pct=pct))
+    return pd.concat(frames, ignore_index=True)
+
+
+def ranking_effect_table(cfg: RunConfig, baselines, measured):
+    """One row per ranking at the headline k (the change score, each training-free ranking, random neurons):
+    C [bootstrap 95% interval] under the phrase judge (baseline_effects) and under each teacher-forced
+    measure (measure_effects), and each measure's paired test of the ranking against random neurons."""
+    import pandas as pd
+
+    def show(c, lo, hi) -> str:
+        return "n/a" if c != c else f"{c:.2f} [{lo:.2f}, {hi:.2f}]"
+
+    cells: dict = {r.ranking: {"C phrase": show(r.C, r.C_lo, r.C_hi)} for r in baselines.itertuples()}
+    at = measured[np.isclose(measured["k_pct"], cfg.headline_pct)]
+    for r in at.itertuples():
+        cells.setdefault(r.arm, {})[f"C {r.measure}"] = show(r.C, r.lo, r.hi)
+        cells[r.arm][f"p {r.measure} vs random"] = "n/a" if r.pvalue != r.pvalue else f"{r.pvalue:.3g}"
+        cells.setdefault("random", {})[f"C {r.measure}"] = show(r.C_random, r.C_random_lo, r.C_random_hi)
+    return pd.DataFrame.from_dict(cells, orient="index").rename_axis("ranking").fillna("")
+
+
 # ----------------------------------------------------------------------------------------------
 # targeted tuning
 # ----------------------------------------------------------------------------------------------
@@ -322,14 +370,17 @@ def run_tuning(cfg: RunConfig, m1, adapter: Path, ranking, *, progress: bool = T
 
 
 def interpretation_metrics(cfg: RunConfig, *, values, probes, effects, traces: dict, ablation, f_m1: float, f_m2: float,
-                           baselines, tuning, seconds: float) -> dict:
+                           baselines, tuning, seconds: float, measured=None) -> dict:
     """Metrics of stage 08 (judge refusal-phrase; trace in refusal log-odds). `probe.acc.<model>.layer<l>`,
     `probe.best_layer.<model>`, `trace.max_effect.{attn,mlp}` (largest share of the harmful-benign log-odds
     gap one layer's component moves toward the other prompt, over layers and both directions; `min_effect`:
     the most negative, a patch that moves the receiver away from the other prompt), `ablation.drop.{safety,random}.k<pct>`
     (zero ablation; `ablation.mean_drop.*` mean ablation; `ablation.patch_gain.*` patching into M1),
     `baseline.<name>.overlap_top5pct`, `baseline.<name>.C.at_5pct`, `tune.remove.steps_to_half.{safety,random}`,
-    `tune.add.safety_after.{safety,random}`."""
+    `tune.add.safety_after.{safety,random}`. With `measured` (measure_effects' table), for the measures logodds
+    and likelihood: `C.<measure>.<ranking>.k<pct>` (+ `.lo`/`.hi`; ranking change_score at every ablation k,
+    the training-free ones at the headline k), `C.<measure>.random.k<pct>` and `pvalue.<measure>.<ranking>.k<pct>`
+    (the ranking against the random draws)."""
     from ..method.interpretation import steps_to_fraction
     from ..study.arms import pct_label
 
@@ -372,6 +423,10 @@ def interpretation_metrics(cfg: RunConfig, *, values, probes, effects, traces: d
         if experiment == "remove":
             tune[experiment]["steps_to_half"][arm] = steps_to_fraction(points, 0.5)
     metrics["tune"] = tune
+    if measured is not None:
+        from ..study.effects import labelled_metrics
+
+        metrics |= labelled_metrics(measured, "k_pct", pvalue_by_arm=True)
     metrics["value"] = {"refusal_token_share": refusal_token_share(values, cfg.value_tokens),
                         "refusal_rank_median": float(values["refusal_rank"].median())}
     metrics["seconds"] = seconds
