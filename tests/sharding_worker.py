@@ -17,7 +17,7 @@ from safety_neurons.lm.chat import encode_prompts
 from safety_neurons.lm.generation import greedy_generate
 from safety_neurons.lm.models import load_model
 from safety_neurons.method.patching import ablated_generate, fast_patched_generate, ia3_neuron_scales, patched_generate
-from safety_neurons.stages.s02_change_scores import m1_generations
+from safety_neurons.study.rankings import m1_generations
 
 from safety_neurons.lm.sharding import is_main_process, wait_for_everyone, world_size
 from safety_neurons.study.arms import arms_dir, refused_already, run_arm

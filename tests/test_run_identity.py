@@ -125,3 +125,24 @@ def test_ctrl_c_ends_with_one_line(monkeypatch, capsys):
     assert main(["run", "--profile", "smoke"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "resume" in err[0]
+
+
+def test_a_run_directory_recorded_before_a_field_existed_is_still_its_configs(run_root):
+    """A field added since (at its profile's value) neither moves an override run to a new directory nor makes
+    the old directory 'another config'; given another value it does both."""
+    import json
+
+    from safety_neurons.config import ConfigError, claim_run_dir, load_config
+
+    cfg = load_config("smoke", max_new_tokens=5)
+    claim_run_dir(cfg)
+    record = cfg.run_dir / "config.json"
+    saved = json.loads(record.read_text())
+    for field in ("sample_seeds", "recipe_regimes", "recipe_k_pcts"):
+        saved["config"].pop(field)
+    record.write_text(json.dumps(saved))
+    assert claim_run_dir(load_config("smoke", max_new_tokens=5)) == cfg.run_dir
+    other = load_config("smoke", max_new_tokens=5, sample_seeds=[7])
+    assert other.run_dir != cfg.run_dir
+    with pytest.raises(ConfigError, match="another config"):
+        claim_run_dir(load_config("smoke", max_new_tokens=5, sample_seeds=[7], run_name=cfg.run_dir.name))

@@ -80,6 +80,33 @@ def test_stage_selection(tmp_path):
         select_stages(stages, only=1, from_=1)
 
 
+def optional_notebook(path, needs):
+    write_notebook(path, WRITE_METRICS.format(stem=path.stem))
+    nb = nbformat.read(path, as_version=4)
+    nb["metadata"]["safety_neurons"] = {"optional": True, "needs": needs}
+    nbformat.write(nb, path)
+
+
+def test_an_optional_stage_runs_only_by_name_and_needs_only_what_it_lists(tmp_path, run_root):
+    for name in ("00_a", "01_b", "02_c"):
+        write_notebook(tmp_path / f"{name}.ipynb", WRITE_METRICS.format(stem=name))
+    optional_notebook(tmp_path / "03_study.ipynb", [0])
+    stages = discover_stages(tmp_path)
+    assert [s.stem for s in select_stages(stages, None, None)] == ["00_a", "01_b", "02_c"]
+    assert [s.stem for s in select_stages(stages, None, 1)] == ["01_b", "02_c"]
+    assert [s.stem for s in select_stages(stages, 3, None)] == ["03_study"]
+    with pytest.raises(StageError, match="needs 00_a finished"):
+        run("smoke", only=3, notebooks_dir=tmp_path, progress=False)
+    run("smoke", only=0, notebooks_dir=tmp_path, progress=False)
+    assert [r.stem for r in run("smoke", only=3, notebooks_dir=tmp_path, progress=False)] == ["03_study"]  # 01, 02 not needed
+    keys = stage_keys(stages, load_config("smoke"))
+    optional_notebook(tmp_path / "03_study.ipynb", [0])  # rewritten unchanged: same key
+    (tmp_path / "02_c.ipynb").write_text((tmp_path / "02_c.ipynb").read_text().replace("'x': 1", "'x': 2"))
+    changed = stage_keys(discover_stages(tmp_path), load_config("smoke"))
+    assert changed["03_study"] == keys["03_study"] and changed["02_c"] != keys["02_c"]  # it hangs off 00 alone
+    assert [r.stem for r in run("smoke", notebooks_dir=tmp_path, progress=False)] == ["00_a", "01_b", "02_c"]
+
+
 def test_only_refuses_to_run_a_stage_whose_upstream_is_unfinished(tmp_path, run_root):
     write_notebook(tmp_path / "00_a.ipynb", WRITE_METRICS.format(stem="00_a"))
     write_notebook(tmp_path / "01_b.ipynb", WRITE_METRICS.format(stem="01_b"))

@@ -9,6 +9,7 @@ from safety_neurons.lm.models import load_model
 from safety_neurons.lm.tiny import tiny_model
 from safety_neurons.method.change_scores import NeuronRanking
 from safety_neurons.stages import s02_change_scores as stage
+from safety_neurons.study.rankings import m1_generations
 from safety_neurons.study.prompts import finding_prompts
 from safety_neurons.study.rankings import load_ranking, overlap, ranking_path, top_count
 from test_models import make_ia3_adapter
@@ -30,8 +31,8 @@ def test_pair_scores_are_cached_by_adapter_and_generations(run_root, tmp_path):
         make_ia3_adapter(tiny_model("llama"), path, targets=("down_proj",), seed=seed)
     m1 = load_model(cfg.model, device="cpu")
     ids = encode_prompts(m1.tokenizer, finding_prompts(cfg)[:3], cfg.chat_template)
-    generations = stage.m1_generations(cfg, m1, ids, progress=False)
-    assert stage.m1_generations(cfg, m1, ids, progress=False) == generations
+    generations = m1_generations(cfg, m1, ids, progress=False)
+    assert m1_generations(cfg, m1, ids, progress=False) == generations
     m2a = load_model(cfg.model, adapter=adapters[0], device="cpu")
     first, seconds = stage.pair_scores(cfg, m1, m2a, adapters[0], generations, "harmless", 0, progress=False)
     assert seconds > 0 and ranking_path(cfg).exists()

@@ -1,5 +1,7 @@
 """M2's (IA)^3 update, measured: statistics of known updates, activation RMS, the alternative rankings,
 and that change scores find a deliberately sparse update on the tiny Llama."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -10,11 +12,13 @@ from safety_neurons.method.change_scores import NeuronRanking, RunningMoments, c
 from safety_neurons.method.patching import ia3_neuron_scales
 from safety_neurons.method.update import (
     activation_rms,
+    gradient_sums,
     ia3_deltas,
     normalised_ranking,
     ranking_correlations,
     top_share_of_delta,
     update_ranking,
+    update_follows_gradient,
     update_statistics,
 )
 
@@ -229,3 +233,17 @@ def test_under_a_dense_uniform_update_the_change_score_is_activation_size(m1, m1
     assert corr["spearman_rms"] == pytest.approx(1.0)
     assert np.isnan(corr["spearman_delta"]) or abs(corr["spearman_delta"]) < 0.3  # |l - 1| is constant (up to float32)
     torch.testing.assert_close(normalised_ranking(ranking).scores[1].double(), deltas[1], rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_sums_map_peft_names_and_the_update_follows_a_proportional_gradient():
+    grads = {"base_model.model.model.layers.1.mlp.down_proj.ia3_l.default": torch.tensor([0.5, -2.0, 0.1]),
+             "base_model.model.model.layers.0.mlp.down_proj.ia3_l.default": torch.tensor([1.0, 0.0, -0.3])}
+    g = gradient_sums(grads, 2, 3)
+    np.testing.assert_allclose(g.numpy(), [[1.0, 0.0, -0.3], [0.5, -2.0, 0.1]], rtol=1e-6)
+    assert update_follows_gradient(0.1 * g.abs(), g) == pytest.approx(1.0)  # SGD: |l - 1| = lr |G|
+    uniform = torch.full((2, 3), 0.03, dtype=torch.float64)
+    assert math.isnan(update_follows_gradient(uniform, g))  # every scale moved alike: undefined, not 0
+    with pytest.raises(ValueError, match="does not fit"):
+        gradient_sums(grads, 1, 3)
+    with pytest.raises(ValueError, match="not the gradient of an MLP"):
+        gradient_sums({"model.layers.0.self_attn.k_proj.ia3_l.default": torch.ones(3)}, 2, 3)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .names import BASELINES, JUDGE_NAMES, parse_judge
+from .names import BASELINES, JUDGE_NAMES, RECIPES, parse_judge
 
 # The repository root: lib/safety_neurons/config.py -> parents[2]. Runs and notebooks are found from
 # here, so a notebook opened in notebooks/ and a runner started in the root write to the same place.
@@ -124,6 +124,11 @@ class RunConfig:
     tune_learning_rate: float = 0.1
     tune_batch_size: int = 8
     tune_eval_prompts: int = 16
+    # Recipe study (notebook 09, outside `make all`: `run --only 9`): the first harmless M2 retrained on the same
+    # pairs under each regime named (names.RECIPES; the first must be "profile", the profile's own recipe),
+    # each judged on refusal, over-refusal, perplexity and its update, with C at `recipe_k_pcts` on every measure.
+    recipe_regimes: tuple[str, ...] = ("profile", "adam_eps", "small_lr", "sgd_momentum", "pure_dpo")
+    recipe_k_pcts: tuple[float, ...] = (1, 5, 20)
     eval_prompts: int | None = 64  # per evaluation set; None: the whole evaluation split
     eval_tokens: int = 32  # answer length when judging refusal
     # Judges of stage 04's transfer answers, side by side with Cohen's kappa: model_judges names
@@ -159,8 +164,15 @@ class RunConfig:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def identity(self) -> dict[str, Any]:
-        """Every field that decides what a run computes (not where it writes: run_root, run_name)."""
-        return {k: v for k, v in self.to_dict().items() if k not in _LOCATION_FIELDS}
+        """Every field that decides what a run computes (not where it writes: run_root, run_name). A field added
+        after runs were made (_ADDED_FIELDS) is left out while it holds its profile's value, so an older run
+        directory, made when the field did not exist, is still this config's (and keeps its fingerprint)."""
+        values = self.to_dict()
+        profile = PROFILES.get(self.profile)
+        if profile is not None:
+            own = RunConfig(**{"profile": self.profile, **profile}).to_dict()
+            values = {k: v for k, v in values.items() if not (k in _ADDED_FIELDS and v == own[k])}
+        return {k: v for k, v in values.items() if k not in _LOCATION_FIELDS}
 
     def fingerprint(self) -> str:
         """A short hash of `identity()`: equal configs, equal fingerprints, wherever they write."""
@@ -188,6 +200,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         patch_prompts=4,
         bootstrap_samples=200,
         sample_seeds=(0, 1),
+        recipe_regimes=("profile", "sgd_momentum"),
+        recipe_k_pcts=(5, 100),
         safeguard_prompts=4,
         safeguard_ks=(4, 8),
         safeguard_k=8,
@@ -289,6 +303,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 _CHAT_TEMPLATES = ("auto", "chat", "plain", "tulu")
 _LOCATION_FIELDS = ("run_root", "run_name")
+# Fields added after run directories were made (issue 20); see RunConfig.identity.
+_ADDED_FIELDS = ("sample_seeds", "recipe_regimes", "recipe_k_pcts")
 # Fields that name prompt sets (checked against the registry at load; `file:PATH` sets resolved to absolute paths).
 _SET_FIELDS = ("harmful_sets", "benign_sets", "train_harmful_sets", "text_corpus")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -364,8 +380,11 @@ def claim_run_dir(cfg: RunConfig) -> Path:
             break
     if recorded is not None:
         mine = cfg.identity()
+        full = {k: v for k, v in cfg.to_dict().items() if k not in _LOCATION_FIELDS}
         theirs = {k: v for k, v in recorded.items() if k not in _LOCATION_FIELDS}
-        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        # a field the record has is compared whatever its value; one it lacks only if it is part of the identity
+        differ = sorted(k for k in mine.keys() | theirs.keys()
+                        if (k in theirs and full.get(k) != theirs[k]) or (k not in theirs and k in mine))
         if differ:
             shown = ", ".join(f"{k} {theirs.get(k)!r} -> {mine.get(k)!r}" for k in differ[:3]) + (" ..." if len(differ) > 3 else "")
             raise ConfigError(f"{cfg.run_dir} holds the results of another config ({shown}); give this config its own "
@@ -536,6 +555,12 @@ def _validate(cfg: RunConfig) -> None:
          f"patch_k_pcts must be percentages in (0, 100] (k = 0 is M1, always run), got {cfg.patch_k_pcts!r}")
     need(len(cfg.sample_seeds) > 0 and all(isinstance(s, int) for s in cfg.sample_seeds),
          f"sample_seeds must be a non-empty list of integers (one sampled answer per prompt and seed), got {cfg.sample_seeds!r}")
+    need(len(cfg.recipe_regimes) > 0 and cfg.recipe_regimes[0] == "profile" and set(cfg.recipe_regimes) <= set(RECIPES)
+         and len(set(cfg.recipe_regimes)) == len(cfg.recipe_regimes),
+         f"recipe_regimes must start with 'profile' (the baseline) and name each of {RECIPES} at most once, "
+         f"got {cfg.recipe_regimes!r}")
+    need(len(cfg.recipe_k_pcts) > 0 and all(0 < p <= 100 for p in cfg.recipe_k_pcts),
+         f"recipe_k_pcts must be percentages in (0, 100], got {cfg.recipe_k_pcts!r}")
     need(cfg.headline_pct in cfg.patch_k_pcts, f"headline_pct {cfg.headline_pct} must be one of patch_k_pcts {cfg.patch_k_pcts}")
     need(isinstance(cfg.patch_random_seeds, tuple) and len(cfg.patch_random_seeds) > 0,
          "patch_random_seeds must list at least one seed")

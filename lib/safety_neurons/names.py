@@ -22,3 +22,7 @@ BASELINES = ("mean_difference", "activation_variance")
 # Other rankings of one M2's neurons, saved beside its change scores (method/update.py builds them): the
 # change score over M1's activation RMS (the relative change), and |l - 1| of the (IA)^3 scales itself.
 ALTERNATIVE_RANKINGS = ("change_score_over_rms", "ia3_delta")
+
+# The optimiser regimes of the recipe study (notebook 09; stages/s09_recipe_study.py defines each from the
+# profile's own DPO settings). "profile" is the profile's recipe, the baseline the others are compared with.
+RECIPES = ("profile", "adam_eps", "small_lr", "sgd_momentum", "pure_dpo")

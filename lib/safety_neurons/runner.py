@@ -38,6 +38,11 @@ class Stage:
     number: int
     stem: str
     path: Path
+    # From the notebook's metadata {"safety_neurons": {"optional": true, "needs": [0, 1, 2]}}: an optional stage
+    # (a study outside `make all`) runs only when named with --only, and needs only the stages it lists (None:
+    # every earlier non-optional stage); nothing depends on it.
+    optional: bool = False
+    needs: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,10 @@ def discover_stages(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Stage]:
     for path in sorted(notebooks_dir.glob("*.ipynb")):
         match = _STAGE_FILE.match(path.name)
         if match:
-            stages.append(Stage(int(match[1]), path.stem, path))
+            meta = json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get("safety_neurons", {})
+            needs = meta.get("needs")
+            stages.append(Stage(int(match[1]), path.stem, path, bool(meta.get("optional", False)),
+                                None if needs is None else tuple(int(n) for n in needs)))
     if not stages:
         raise StageError(f"no numbered notebooks (NN_name.ipynb) in {notebooks_dir}")
     numbers = [s.number for s in stages]
@@ -102,12 +110,23 @@ def stage_keys(stages: list[Stage], cfg: RunConfig) -> dict[str, str]:
     # A `file:` prompt set edited in place changes its hash, and so every stage's key (runs without one keep theirs).
     files = {name: entry["sha256"] for name, entry in prompt_files(cfg).items()}
     keys: dict[str, str] = {}
-    upstream = ""
+    by_number: dict[int, str] = {}
+    chain = ""  # the last non-optional stage's key: an optional stage is upstream of nothing
     for stage in stages:
+        upstream = chain if stage.needs is None else "+".join(by_number[n] for n in stage.needs if n in by_number)
         inputs = {"upstream": upstream, "notebook": notebook_code_sha(stage.path), "config": config, "lib": lib}
         blob = json.dumps(inputs | ({"files": files} if files else {}), sort_keys=True)
-        upstream = keys[stage.stem] = hashlib.sha256(blob.encode()).hexdigest()[:24]
+        keys[stage.stem] = by_number[stage.number] = hashlib.sha256(blob.encode()).hexdigest()[:24]
+        if not stage.optional:
+            chain = keys[stage.stem]
     return keys
+
+
+def upstream_stages(stages: list[Stage], stage: Stage) -> list[Stage]:
+    """The stages that must be finished before `stage` runs: those it needs, or every earlier non-optional one."""
+    if stage.needs is not None:
+        return [s for s in stages if s.number in stage.needs]
+    return [s for s in stages if s.number < stage.number and not s.optional]
 
 
 def state_path(cfg: RunConfig, stem: str) -> Path:
@@ -171,8 +190,8 @@ def select_stages(stages: list[Stage], only: int | None, from_: int | None) -> l
     if only is not None:
         return [s for s in stages if s.number == only]
     if from_ is not None:
-        return [s for s in stages if s.number >= from_]
-    return stages
+        return [s for s in stages if s.number >= from_ and not s.optional]
+    return [s for s in stages if not s.optional]
 
 
 def run(
@@ -203,10 +222,13 @@ def run(
     stages = discover_stages(notebooks_dir)
     keys = stage_keys(stages, cfg)
     selected = select_stages(stages, only, from_)
-    first = selected[0].number
+    if not selected:
+        raise StageError(f"--from {from_}: no stage of `make all` from there on (optional studies run with --only)")
+    chosen = {s.stem for s in selected}
 
     def plan() -> tuple[list[str], dict[str, bool]]:
-        missing = [s.stem for s in stages if s.number < first and not is_done(cfg, s.stem, keys[s.stem])]
+        missing = [s.stem for s in upstream_stages(stages, selected[0])
+                   if s.stem not in chosen and not is_done(cfg, s.stem, keys[s.stem])]
         return missing, {s.stem: not force and is_done(cfg, s.stem, keys[s.stem]) for s in selected}
 
     missing, skip = group.main_decides(plan)  # decided before any process writes anything

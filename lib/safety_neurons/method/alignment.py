@@ -54,6 +54,31 @@ class TrainSettings:
     retain_weight: float = 0.0
     retain_batch_size: int = 4
     retain_max_tokens: int = 128
+    # The optimiser: "adamw" (transformers' AdamW, weight decay 0: Adam) or "sgd" (torch SGD with
+    # `momentum`), whose steps are proportional to the gradient (the recipe study, notebook 09).
+    optimizer: str = "adamw"
+    momentum: float = 0.0
+
+
+OPTIMIZERS = ("adamw", "sgd")
+# Fields added after adapters were trained: at these values they leave a settings key as it was, so a
+# finished adapter is not retrained because the settings learned to name what it already used.
+_KEY_NEUTRAL = {"optimizer": "adamw", "momentum": 0.0}
+GRADIENT_SUM = "gradient_sum.safetensors"
+
+
+def settings_key(settings: TrainSettings) -> dict[str, Any]:
+    """The settings as they enter an adapter's key (fields at their key-neutral values left out)."""
+    return {k: v for k, v in asdict(settings).items() if not (k in _KEY_NEUTRAL and v == _KEY_NEUTRAL[k])}
+
+
+def check_settings(settings: TrainSettings) -> None:
+    if settings.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {settings.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    if not 0 <= settings.momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {settings.momentum!r}")
+    if settings.optimizer != "sgd" and settings.momentum != 0:
+        raise ValueError(f"momentum {settings.momentum} is an SGD setting; the {settings.optimizer} optimizer takes none")
 
 
 @dataclass
@@ -138,9 +163,10 @@ def train_dpo(
         raise ValueError("the preference set is empty: nothing to train on")
     if settings.retain_weight > 0 and not retain_texts:
         raise ValueError("retain_weight > 0 needs retain_texts (general text to keep M2 close to M1 on); none given")
+    check_settings(settings)
     retain_texts = list(retain_texts or []) if settings.retain_weight > 0 else []
     out = Path(out_dir)
-    key = content_key("dpo", base_model_name, template, asdict(settings), [asdict(p) for p in pairs], retain_texts)
+    key = content_key("dpo", base_model_name, template, settings_key(settings), [asdict(p) for p in pairs], retain_texts)
     done_by_main(lambda: claim_dir(out, key))  # one process empties a stale folder, not two racing
     if adapter_done(out):
         return _result_from_log(out)
@@ -154,7 +180,7 @@ def train_dpo(
     with dense_cpu_logprobs(dev):  # the reference log-probs are computed while the trainer is built
         trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                        peft_config=ia3_mlp_config(), retain=retain, retain_weight=settings.retain_weight,
-                                       reference_dir=Path(reference_dir or out / "reference"))
+                                       reference_dir=Path(reference_dir or out / "reference"), settings=settings)
         return _train_and_save(trainer, out, base_model_name, settings,
                                {"objective_pairs": len(pairs), "retain_texts": len(retain_texts)})
 
@@ -186,10 +212,20 @@ def _dpo_trainer_class():
     from trl import DPOTrainer
 
     class RetainDPOTrainer(DPOTrainer):
-        def __init__(self, *args, retain: list[dict], retain_weight: float, reference_dir: Path, **kwargs):
+        def __init__(self, *args, retain: list[dict], retain_weight: float, reference_dir: Path,
+                     settings: TrainSettings = TrainSettings(), **kwargs):
             self.reference_dir = reference_dir  # set first: trl computes the reference log-probs in __init__
+            self.settings = settings
             super().__init__(*args, **kwargs)
             self.retain, self.retain_weight = retain, retain_weight
+
+        def create_optimizer(self, model=None):
+            if self.settings.optimizer != "sgd":
+                return super().create_optimizer(model)
+            if self.optimizer is None:
+                params = [p for p in (model or self.model).parameters() if p.requires_grad]
+                self.optimizer = torch.optim.SGD(params, lr=self.args.learning_rate, momentum=self.settings.momentum)
+            return self.optimizer
 
         def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
             # trl caches these beside the dataset under a fingerprint that differs from one trainer to the
@@ -257,7 +293,10 @@ def train_sft(
     if not conversations:
         raise ValueError("the SFT conversation set is empty: nothing to train on")
     out = Path(out_dir)
-    key = content_key("sft", base_model_name, template, asdict(settings), conversations)
+    check_settings(settings)
+    if settings.optimizer != "adamw":
+        raise ValueError(f"SFT trains with adamw; optimizer {settings.optimizer!r} is a DPO setting")
+    key = content_key("sft", base_model_name, template, settings_key(settings), conversations)
     done_by_main(lambda: claim_dir(out, key))  # one process empties a stale folder, not two racing
     if adapter_done(out):
         return _result_from_log(out)
@@ -305,6 +344,29 @@ def _step_timer():
             self.times.append(time.perf_counter() - self._t)
 
     return StepTimer()
+
+
+def _gradient_recorder():
+    """A callback summing each (IA)^3 scale's gradient over the optimiser steps (after clipping, as the
+    optimiser sees it): what the update would be with plain SGD at a constant rate. The recipe study
+    compares it with the update the optimiser made (does the update reflect the gradient?)."""
+    from transformers import TrainerCallback
+
+    class GradientRecorder(TrainerCallback):
+        def __init__(self):
+            self.sums: dict[str, torch.Tensor] = {}
+            self.steps = 0
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if model is None:
+                return
+            for name, param in model.named_parameters():
+                if "ia3_l" in name and param.grad is not None:
+                    grad = param.grad.detach().float().cpu()
+                    self.sums[name] = self.sums[name] + grad if name in self.sums else grad.clone()
+            self.steps += 1
+
+    return GradientRecorder()
 
 
 def _load_for_training(base_model_name: str, device: str):
@@ -367,19 +429,25 @@ def _train_and_save(trainer, out: Path, base_model_name: str, settings: TrainSet
     reduce the gradients: DDP, or DeepSpeed with its config) and the main process alone writes."""
     ckpt_dir = out / "checkpoints"
     resume = _last_checkpoint(ckpt_dir)
-    timer = _step_timer()
+    timer, gradients = _step_timer(), _gradient_recorder()
     trainer.add_callback(timer)
+    trainer.add_callback(gradients)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
     if trainer.accelerator.is_main_process:
-        _write_adapter(trainer, out, base_model_name, settings, extra, seconds, timer.times, resumed=resume is not None)
+        extra = extra | {"gradient_steps": gradients.steps}  # fewer than `steps` after a resume
+        _write_adapter(trainer, out, base_model_name, settings, extra, seconds, timer.times, resumed=resume is not None,
+                       gradient_sums=gradients.sums)
     trainer.accelerator.wait_for_everyone()
     return _result_from_log(out)
 
 
 def _write_adapter(trainer, out: Path, base_model_name: str, settings: TrainSettings, extra: dict[str, Any],
-                   seconds: float, step_times: list[float], *, resumed: bool) -> None:
+                   seconds: float, step_times: list[float], *, resumed: bool,
+                   gradient_sums: dict[str, torch.Tensor] | None = None) -> None:
+    from safetensors.torch import save_file
+
     from ..lm.models import write_base_fingerprint
 
     ckpt_dir = out / "checkpoints"
@@ -388,6 +456,8 @@ def _write_adapter(trainer, out: Path, base_model_name: str, settings: TrainSett
     trainer.model.save_pretrained(staging)
     # (IA)^3 leaves the base weights untouched, so the trained model's base is the base to record.
     write_base_fingerprint(staging, trainer.model.get_base_model(), base_model_name)
+    if gradient_sums:
+        save_file({name: t.contiguous() for name, t in gradient_sums.items()}, str(staging / GRADIENT_SUM))
     log = [dict(entry) for entry in trainer.state.log_history]
     step_seconds = sum(step_times) / max(len(step_times), 1)
     write_json_atomic(staging / TRAIN_LOG, {

@@ -165,6 +165,34 @@ def top_share_of_delta(scores: torch.Tensor, deltas: torch.Tensor, fraction: flo
     return _top_share(d, order, fraction)
 
 
+def gradient_sums(tensors: Mapping[str, torch.Tensor], n_layers: int, d_mlp: int) -> torch.Tensor:
+    """The summed training gradient of each neuron's (IA)^3 scale, [n_layers, d_mlp] float64 (signed), from
+    the tensors training recorded (method/alignment.py's GRADIENT_SUM: {PEFT parameter name: [d_mlp]}).
+    A layer without a tensor had no gradient: 0 there."""
+    from ..lm.models import IA3_KEY
+
+    out = torch.zeros(n_layers, d_mlp, dtype=torch.float64)
+    for name, vec in tensors.items():
+        match = IA3_KEY.search(name)
+        if match is None or match[2] != "mlp":
+            raise ValueError(f"gradient tensor {name!r} is not the gradient of an MLP (IA)^3 scale")
+        layer, vec = int(match[1]), torch.as_tensor(vec).detach().to("cpu", torch.float64).flatten()
+        if not 0 <= layer < n_layers or vec.numel() != d_mlp:
+            raise ValueError(f"gradient tensor {name!r} ({vec.numel()} entries) does not fit a model of "
+                             f"{n_layers} layers x {d_mlp} neurons")
+        out[layer] = vec
+    return out
+
+
+def update_follows_gradient(deltas: torch.Tensor, grads: torch.Tensor) -> float:
+    """Spearman correlation over all neurons of |l - 1| with |summed gradient| ([n_layers, d_mlp] each):
+    1 when the neurons the training signal pushed hardest moved most (plain SGD at a constant rate gives
+    |l - 1| = lr * |sum of gradients| exactly); near 0 when every scale moved about the same whatever its
+    gradient (Adam with a tiny epsilon takes steps of about the learning rate). NaN if a side is constant."""
+    d, g = _checked_pair(deltas, grads, "grads")
+    return _spearman(d, np.abs(g))
+
+
 # ---------------------------------------------------------------- alternative rankings
 
 

@@ -1,7 +1,8 @@
 """Stage 02 (change_scores): from the trained M2s to neuron rankings every later stage reads.
 
 Artifacts under runs/<name>/artifacts/02_change_scores/:
-- `m1_generations.json`: M1's greedy answers on the neuron-finding prompts (ids kept), shared by every pair;
+- `m1_generations.json`: M1's greedy answers on the neuron-finding prompts (ids kept), shared by every pair
+  (study.rankings.m1_generations: the recipe study reads them too);
 - `<objective>/seed<s>/change_score.safetensors` and `top_neurons.parquet`: one per (M1, M2) pair;
 - `baselines/<method>.safetensors`: the training-free rankings (no M2 needed to find them).
 Later stages call `study.rankings.load_ranking(cfg, ...)`.
@@ -12,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..config import RunConfig
-from ..io import content_key, store_json, stored_json, write_parquet_atomic
+from ..io import content_key, write_parquet_atomic
 from ..lm.generation import Generation
 from ..lm.models import adapter_digest
 from ..method.change_scores import NeuronRanking, activation_variance, change_scores, mean_difference
@@ -22,34 +23,6 @@ from ..study.paths import CHANGE_SCORES
 from ..study.rankings import TOP_FRACTION, cached_ranking, overlap, ranking_path, top_count
 
 STAGE = CHANGE_SCORES
-
-
-def m1_generations(cfg: RunConfig, m1, prompt_ids: list[list[int]], *, progress: bool = True) -> list[Generation]:
-    """M1's greedy answers on the finding prompts, generated once and cached with their ids (shared out
-    between the processes of a distributed launch, see lm/sharding.py)."""
-    from ..lm.generation import greedy_generate
-    from ..lm.memory import fitted_rows
-    from ..lm.sharding import is_main_process, main_decides, sharded_generate
-
-    path = cfg.artifact_dir(STAGE) / "m1_generations.json"
-    key = content_key(m1_name(cfg), cfg.max_new_tokens, prompt_ids)
-
-    def stored() -> list[dict] | None:
-        saved = stored_json(path, key)
-        return None if saved is None else saved["generations"]
-
-    cached = main_decides(stored)
-    if cached is not None:
-        return [Generation(**g) for g in cached]
-    # "auto" is sized once, by the main process, so every process cuts the batches a one-process run would
-    rows = main_decides(lambda: fitted_rows(cfg.batch_size, m1, [len(p) for p in prompt_ids], extra_tokens=cfg.max_new_tokens,
-                                            generation=True))
-    generations = sharded_generate(lambda ids: greedy_generate(m1, ids, max_new_tokens=cfg.max_new_tokens, batch_size=rows,
-                                                               progress=progress, desc="M1 generates"),
-                                   prompt_ids, rows)
-    if is_main_process():
-        store_json(path, key, {"generations": [asdict(g) for g in generations]})
-    return generations
 
 
 def pair_scores(cfg: RunConfig, m1, m2, adapter: Path, generations: list[Generation], objective: str, seed: int, *,

@@ -9,5 +9,6 @@ STABILITY = "05_stability"
 ALIGNMENT_TAX = "06_alignment_tax"
 SAFEGUARD = "07_safeguard"
 INTERPRETATION = "08_interpretation"
+RECIPE_STUDY = "09_recipe_study"  # outside `make all`: run with --only 9
 ARMS = "arms"  # the run-wide arm store (study/arms.py)
 MEASURE_STORE = "measures"  # the run-wide store of per-prompt continuous measures (study/effects.py)

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from ..config import RunConfig
-from ..io import cached
+from ..io import cached, content_key, store_json, stored_json
+from ..lm.generation import Generation
 from ..method.change_scores import NeuronRanking
 from ..names import ALTERNATIVE_RANKINGS, BASELINES
+from .checkpoints import m1_name
 from .paths import CHANGE_SCORES
 
 
@@ -49,6 +52,34 @@ def cached_ranking(path: Path, key: str, compute) -> NeuronRanking:
         ranking.save(tmp)
 
     return cached(path, key, compute, load=load, save=save)
+
+
+def m1_generations(cfg: RunConfig, m1, prompt_ids: list[list[int]], *, progress: bool = True) -> list[Generation]:
+    """M1's greedy answers on the finding prompts, generated once and cached with their ids (shared out
+    between the processes of a distributed launch, see lm/sharding.py)."""
+    from ..lm.generation import greedy_generate
+    from ..lm.memory import fitted_rows
+    from ..lm.sharding import is_main_process, main_decides, sharded_generate
+
+    path = cfg.artifact_dir(CHANGE_SCORES) / "m1_generations.json"
+    key = content_key(m1_name(cfg), cfg.max_new_tokens, prompt_ids)
+
+    def stored() -> list[dict] | None:
+        saved = stored_json(path, key)
+        return None if saved is None else saved["generations"]
+
+    cached = main_decides(stored)
+    if cached is not None:
+        return [Generation(**g) for g in cached]
+    # "auto" is sized once, by the main process, so every process cuts the batches a one-process run would
+    rows = main_decides(lambda: fitted_rows(cfg.batch_size, m1, [len(p) for p in prompt_ids], extra_tokens=cfg.max_new_tokens,
+                                            generation=True))
+    generations = sharded_generate(lambda ids: greedy_generate(m1, ids, max_new_tokens=cfg.max_new_tokens, batch_size=rows,
+                                                               progress=progress, desc="M1 generates"),
+                                   prompt_ids, rows)
+    if is_main_process():
+        store_json(path, key, {"generations": [asdict(g) for g in generations]})
+    return generations
 
 
 def top_count(ranking: NeuronRanking, fraction: float = TOP_FRACTION) -> int:
