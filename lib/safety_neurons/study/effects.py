@@ -91,13 +91,18 @@ def sampled_values(cfg: RunConfig, m1, scales: Mapping, digest: str | None, neur
 def effect_row(measure: str, arm: str, pct: float, value: np.ndarray, ends: tuple[np.ndarray, np.ndarray],
                random: Sequence[np.ndarray] = (), *, n_boot: int, seed: int) -> dict:
     """One row of an effect table: C of `value` between `ends` (M1's, M2's values) with its interval, and
-    with `random` arms the random C, its interval and the paired test."""
+    with `random` arms the random C, its interval and the paired test; NaN where C is undefined."""
     from ..method.measures import measure_effect
 
-    if np.nanmean(ends[0]) == np.nanmean(ends[1]):  # M2 no safer than M1 on this measure: C is undefined
+    m1, m2 = (np.asarray(e, dtype=np.float64) for e in ends)
+    arms = [np.asarray(value, dtype=np.float64), m1, m2, *[np.asarray(r, dtype=np.float64) for r in random]]
+    ok = np.logical_and.reduce([np.isfinite(a) for a in arms])
+    if not ok.any() or m1[ok].mean() == m2[ok].mean():
+        # M2 no safer than M1 on the prompts finite in every arm (a binary judge where neither or both refuse
+        # every prompt): C is undefined, reported as NaN
         nan = float("nan")
-        row = {"measure": measure, "arm": arm, "k_pct": pct, "C": nan, "lo": nan, "hi": nan, "f_m1": float(np.nanmean(ends[0])),
-               "f_m2": float(np.nanmean(ends[1])), "n_prompts": int(np.isfinite(value).sum())}
+        row = {"measure": measure, "arm": arm, "k_pct": pct, "C": nan, "lo": nan, "hi": nan,
+               "f_m1": float(np.nanmean(m1)), "f_m2": float(np.nanmean(m2)), "n_prompts": int(ok.sum())}
         return row | ({"C_random": nan, "C_random_lo": nan, "C_random_hi": nan, "pvalue": nan} if random else {})
     effect = measure_effect(value, *ends, list(random), n_boot=n_boot, seed=seed)
     row = {"measure": measure, "arm": arm, "k_pct": pct, "C": effect["C"], "lo": effect["lo"], "hi": effect["hi"],
@@ -203,20 +208,8 @@ def _missing(value) -> bool:
 
 def effect_row_or_nan(measure: str, arm: str, pct: float, value: np.ndarray, ends: tuple[np.ndarray, np.ndarray],
                       random: Sequence[np.ndarray] = (), *, n_boot: int, seed: int) -> dict:
-    """`effect_row` plus `random_arms` (how many random arms it was tested against), or the same row with
-    NaN for C, its interval and the test where C is undefined (M1's and M2's means equal on the prompts
-    finite in every arm, as a binary judge gives when neither or both refuse every prompt)."""
-    m1, m2 = (np.asarray(e, dtype=np.float64) for e in ends)
-    arms = [np.asarray(value, dtype=np.float64), m1, m2, *[np.asarray(r, dtype=np.float64) for r in random]]
-    ok = np.logical_and.reduce([np.isfinite(a) for a in arms])
-    if ok.any() and m1[ok].mean() != m2[ok].mean():
-        return effect_row(measure, arm, pct, value, ends, random, n_boot=n_boot, seed=seed) | {"random_arms": len(random)}
-    nan = float("nan")
-    row = {"measure": measure, "arm": arm, "k_pct": pct, "C": nan, "lo": nan, "hi": nan,
-           "f_m1": float(np.nanmean(m1)), "f_m2": float(np.nanmean(m2)), "n_prompts": int(ok.sum())}
-    if random:
-        row |= {"C_random": nan, "C_random_lo": nan, "C_random_hi": nan, "pvalue": nan}
-    return row | {"random_arms": len(random)}
+    """`effect_row` (NaN where C is undefined) plus `random_arms`: how many random arms it was tested against."""
+    return effect_row(measure, arm, pct, value, ends, random, n_boot=n_boot, seed=seed) | {"random_arms": len(random)}
 
 
 def neuron_set_effects(cfg: RunConfig, m1, m2, digest, prompt_ids: list[list[int]], arms: Mapping[str, object],
