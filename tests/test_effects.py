@@ -84,3 +84,17 @@ def test_continuous_metrics_names():
     metrics = effects.continuous_metrics(table)
     assert metrics["C"]["sampled"]["random"]["k5.hi"] == 0.3 and metrics["pvalue"]["sampled"]["k5"] == 0.02
     assert metrics["C"]["logodds"] == {"ia3_delta": {"k5": 0.7, "k5.lo": 0.2, "k5.hi": 0.95}}  # no random arm, no p
+
+
+def test_one_pass_stores_both_measures(run_root, m1, m2, adapter, monkeypatch):
+    """Asking for one measure with M2's answers at hand stores the other too: the second is read, not computed."""
+    import safety_neurons.method.measures as measures
+
+    cfg = load_config("smoke")
+    answers = effects.m2_answer_ids(cfg, m2, "d", PROMPTS)
+    first = effects.measure_values(cfg, m1, m2, "d", "likelihood", [(0, 1), (1, 2)], PROMPTS, answers)
+    monkeypatch.setattr(measures, "patched_logodds_and_loglik", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(measures, "patched_refusal_logodds", lambda *a, **k: pytest.fail("recomputed"))
+    logodds = effects.measure_values(cfg, m1, m2, "d", "logodds", [(0, 1), (1, 2)], PROMPTS, answers)
+    assert np.isfinite(first).all() and logodds.shape == (len(PROMPTS),)
+    assert np.allclose(effects.measure_values(cfg, m1, m2, "d", "logodds", [(0, 1), (1, 2)], PROMPTS), logodds)

@@ -13,6 +13,7 @@ from safety_neurons.method.measures import (
     patched_answer_loglik,
     patched_answer_margin,
     patched_forward,
+    patched_logodds_and_loglik,
     patched_refusal_logodds,
     sampled_refusal,
 )
@@ -165,6 +166,17 @@ def test_m1_and_m2_may_be_the_same_bridge(m1, answers):
     a2 = answers[1]
     np.testing.assert_allclose(patched_answer_loglik(m1, m1, PROMPTS, a2, SUBSET),
                                patched_answer_loglik(m1, m1, PROMPTS, a2, []), rtol=1e-6, atol=1e-6)
+
+
+def test_one_pass_gives_both_measures_as_the_separate_passes_do(m1, m2, answers):
+    a2 = list(answers[1])
+    a2[3] = []  # an empty answer: its log-odds still, a NaN likelihood
+    for neurons in ([], SUBSET, ALL):
+        logodds, loglik = patched_logodds_and_loglik(m1, m2, PROMPTS, a2, neurons, batch_size=2)
+        np.testing.assert_allclose(logodds, patched_refusal_logodds(m1, m2, PROMPTS, neurons), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(loglik, patched_answer_loglik(m1, m2, PROMPTS, a2, neurons), rtol=1e-5, atol=1e-5)
+        assert np.isnan(loglik[3]) and np.isfinite(logodds).all()
+    assert logodds[0] == pytest.approx(brute_logodds(m1, PROMPTS[0], ALL, m2), abs=1e-4)
 
 
 # ---------------------------------------------------------------- empty answers and bad inputs

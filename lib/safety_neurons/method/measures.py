@@ -24,6 +24,8 @@ differ only in MLP neuron values (the study's (IA)^3 on down_proj's input), so e
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -246,6 +248,55 @@ def patched_answer_loglik(
                              batch_size=batch_size, progress=progress, desc="patched answer log-likelihood")
     out[scored] = values
     return out
+
+
+def patched_logodds_and_loglik(
+    m1,
+    m2,
+    prompt_ids: Sequence[Sequence[int]],
+    answer_ids: Sequence[Sequence[int]],
+    neurons: NeuronsLike,
+    *,
+    token_ids: Sequence[int] | None = None,
+    batch_size: BatchSize = 16,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`patched_refusal_logodds` and `patched_answer_loglik` (mean) from one teacher-forced pass over prompt +
+    answer: ([n_prompts], [n_prompts]) float64. The model is causal, so the logits after the prompt's last
+    token are the same whether the answer follows or not: the refusal log-odds read there equal the prompt-only
+    pass's, and the pass the likelihood needs anyway gives both (an empty answer: its log-odds, NaN likelihood)."""
+    from ..judges.refusal import refusal_logodds_from_logits, refusal_start_token_ids
+
+    prompts = _checked_sequences(prompt_ids, "prompts")
+    answers = [[int(t) for t in a] for a in answer_ids]
+    if len(answers) != len(prompts):
+        raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts: give one answer per prompt")
+    _, device = hf_and_device(m1)
+    ids = torch.tensor(list(token_ids) if token_ids is not None else refusal_start_token_ids(m1.tokenizer),
+                       dtype=torch.long, device=device)
+    if ids.numel() == 0:
+        raise ValueError("no refusal-start token ids: the log-odds of an empty set are undefined")
+    seqs = [p + a for p, a in zip(prompts, answers)]
+
+    def reduce(logits: torch.Tensor, rows: list[int]) -> list[tuple[float, float]]:
+        width = logits.shape[1]
+        logp = torch.log_softmax(logits, dim=-1)
+        after_prompt = torch.stack([logits[b, width - len(answers[row]) - 1] for b, row in enumerate(rows)])
+        odds = refusal_logodds_from_logits(after_prompt, ids).double().cpu().tolist()
+        values = []
+        for b, row in enumerate(rows):
+            a = len(answers[row])
+            if a == 0:
+                values.append((odds[b], math.nan))
+                continue
+            target = torch.tensor(answers[row], dtype=torch.long, device=logits.device)
+            lp = logp[b, width - a - 1 : width - 1].gather(-1, target[:, None])[:, 0].double()
+            values.append((odds[b], float(lp.mean())))
+        return values
+
+    out = patched_forward(m1, m2, seqs, neurons, keep=[len(a) + 1 for a in answers], reduce=reduce,
+                          batch_size=batch_size, progress=progress, desc="patched log-odds and log-likelihood")
+    return np.asarray([o for o, _ in out], dtype=np.float64), np.asarray([v for _, v in out], dtype=np.float64)
 
 
 def patched_answer_margin(

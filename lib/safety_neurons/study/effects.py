@@ -53,19 +53,35 @@ def _stored_values(cfg: RunConfig, key: str, compute: Callable[[], list]) -> np.
 def measure_values(cfg: RunConfig, m1, m2, digest: str | None, measure: str, neurons, prompt_ids: list[list[int]],
                    answer_ids: list[list[int]] | None = None) -> np.ndarray:
     """Per-prompt values [n_prompts] of a teacher-forced measure for M1 with `neurons` patched from M2 ([] is
-    M1 itself, every neuron is M2). `answer_ids` (M2's answers) are needed by `likelihood` only."""
-    from ..method.measures import patched_answer_loglik, patched_refusal_logodds
+    M1 itself, every neuron is M2). `answer_ids` (M2's answers) are needed by `likelihood`; given them, a value
+    not yet stored is computed together with the other measure's in one pass, and both are stored."""
+    from ..io import store_json, stored_json
+    from ..method.measures import patched_logodds_and_loglik, patched_refusal_logodds
 
     pairs = [[int(layer), int(i)] for layer, i in neurons]
     if measure not in MEASURES:
         raise ValueError(f"unknown measure {measure!r}; use one of {', '.join(MEASURES)} (or sampled_values)")
     if measure == "likelihood" and answer_ids is None:
         raise ValueError("the likelihood measure scores M2's answers: pass answer_ids (m2_answer_ids)")
-    key = arm_key(cfg, prompt_ids, "two_model", digest, pairs, measure, answer_ids if measure == "likelihood" else None)
+    keys = {m: arm_key(cfg, prompt_ids, "two_model", digest, pairs, m, answer_ids if m == "likelihood" else None)
+            for m in MEASURES}
     batch = cfg.patch_batch_size or cfg.batch_size
-    if measure == "logodds":
-        return _stored_values(cfg, key, lambda: patched_refusal_logodds(m1, m2, prompt_ids, pairs, batch_size=batch).tolist())
-    return _stored_values(cfg, key, lambda: patched_answer_loglik(m1, m2, prompt_ids, answer_ids, pairs, batch_size=batch).tolist())
+    if answer_ids is None:
+        return _stored_values(cfg, keys[measure], lambda: patched_refusal_logodds(m1, m2, prompt_ids, pairs, batch_size=batch).tolist())
+
+    def both() -> list:
+        logodds, loglik = patched_logodds_and_loglik(m1, m2, prompt_ids, answer_ids, pairs, batch_size=batch)
+        values = {"logodds": logodds, "likelihood": loglik}
+        other = "likelihood" if measure == "logodds" else "logodds"
+        if stored_json(measure_store(cfg) / f"{keys[other]}.json", keys[other]) is None:
+            store_json(measure_store(cfg) / f"{keys[other]}.json", keys[other], {"values": _jsonable(values[other])})
+        return _jsonable(values[measure])
+
+    return _stored_values(cfg, keys[measure], both)
+
+
+def _jsonable(values: np.ndarray) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in values]
 
 
 def sampled_values(cfg: RunConfig, m1, scales: Mapping, digest: str | None, neurons, prompt_ids: list[list[int]],
