@@ -75,9 +75,11 @@ def test_continuous_measures_join_the_metrics_under_their_names():
     row = dict(C=0.5, lo=0.1, hi=0.9, C_random=0.1, C_random_lo=-0.1, C_random_hi=0.3, pvalue=0.02)
     continuous = pd.DataFrame([{"measure": "logodds", "arm": "safety", "k_pct": 5.0, **row},
                                {"measure": "likelihood", "arm": "safety", "k_pct": 1.0, **row},
-                               {"measure": "logodds", "arm": "ia3_delta", "k_pct": 5.0, "C": 0.7, "lo": 0.2, "hi": 0.95}])
+                               {"measure": "logodds", "arm": "ia3_delta", "k_pct": 5.0, "C": 0.7, "lo": 0.2, "hi": 0.95},
+                               {"measure": "phrase", "arm": "ia3_delta", "k_pct": 5.0, "C": 0.25, "lo": 0.0, "hi": 0.5}])
     metrics = flatten_metrics(stage.patching_metrics(cfg, effects, sweep, 3.0, continuous))
     assert metrics["C.logodds.safety.k5"] == 0.5 and metrics["C.logodds.random.k5.hi"] == 0.3
     assert metrics["pvalue.logodds.k5"] == 0.02 and metrics["C.likelihood.safety.k1.lo"] == 0.1
     assert metrics["C.logodds.ia3_delta.k5"] == 0.7 and "C.logodds.ia3_delta.k1" not in metrics
     assert metrics["C.phrase.safety.k5"] == metrics["C.safety.k5"]  # the binary judge under its measure name
+    assert metrics["C.phrase.ia3_delta.k5"] == 0.25 and "C.phrase.random.k5" in metrics  # merged, not replaced

@@ -113,7 +113,9 @@ def patching_metrics(cfg: RunConfig, effects, sweep: "Sweep", seconds: float, co
         from ..study.effects import continuous_metrics
 
         extra = continuous_metrics(continuous)
-        metrics["C"] |= extra["C"]
+        for measure, by_arm in extra["C"].items():  # merged: the phrase judge's rows join its own arms
+            for arm, values in by_arm.items():
+                metrics["C"].setdefault(measure, {}).setdefault(arm, {}).update(values)
         metrics["pvalue"] |= extra["pvalue"]
     metrics["seconds"] = seconds
     return metrics
@@ -209,3 +211,17 @@ def run_sweep(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[l
         ablations={n: a for (n, _, _), a in done.items() if n.endswith("_ablation")},
         two_model=done[("safety_two_model", cfg.headline_pct, None)],
     )
+
+
+def alternative_phrase_effects(cfg: RunConfig, m1, m2, adapter: Path, alternatives: dict, prompts: list[str], sweep: Sweep):
+    """C under the refusal-phrase judge (greedy answers) of the other rankings' top headline-k neurons
+    (`alternatives`: {name: ranking}), between the sweep's M1 and M2 arms; rows as study/effects'."""
+    from ..method.neurons import k_from_percent
+    from ..study.arms import ArmRunner
+    from ..study.effects import score_effects
+
+    runner = ArmRunner(cfg, m1, m2, adapter, early=True)
+    scores = {name: runner.run(name, "patch", prompts, other.top(k_from_percent(cfg.headline_pct, other.n_neurons)).tolist()).score
+              for name, other in alternatives.items()}
+    return score_effects(scores, sweep.m1.score, sweep.m2.score, measure="phrase", pct=cfg.headline_pct,
+                         n_boot=cfg.bootstrap_samples, seed=cfg.seed)
