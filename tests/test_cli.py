@@ -73,3 +73,16 @@ def test_a_relative_model_folder_resolves_against_the_callers_directory(tmp_path
     (tmp_path / "mymodel").mkdir()
     monkeypatch.chdir(tmp_path)
     assert load_config("smoke", {"model": "mymodel"}).model == str(tmp_path / "mymodel")
+
+
+def test_report_prints_markdown_from_a_runs_metrics_and_refuses_a_run_without_any(run_root, capsys):
+    from safety_neurons.config import load_config
+    from safety_neurons.io import write_json_atomic
+
+    assert main(["report", "--profile", "smoke"]) == 1
+    assert "no metrics in" in capsys.readouterr().err
+    cfg = load_config("smoke")
+    write_json_atomic(cfg.metrics_path("03_dynamic_patching"), {"C.phrase.safety.k5": 0.5, "C.phrase.safety.k5.lo": 0.4,
+                                                                 "C.phrase.random.k5": 0.0, "C.phrase.random.k5.hi": 0.1})
+    assert main(["report", "--profile", "smoke"]) == 0
+    assert "**holds in part**" in capsys.readouterr().out

@@ -38,12 +38,19 @@ def main(argv: list[str] | None = None) -> int:
                       help="the overrides the run was made with (they choose its run directory)")
     figs.add_argument("--formats", default="html,png,svg,pdf", help="comma-separated: html, png, svg, pdf")
 
+    report = sub.add_parser("report", help="does the paper's finding hold in a run? Markdown from its metrics "
+                                          "(the text docs/results.md quotes)")
+    report.add_argument("--profile", required=True, help="smoke | quick | default | full | paper")
+    report.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                        help="the overrides the run was made with (they choose its run directory)")
+
     data = sub.add_parser("data", help="inspect the prompt-set registry")
     data.add_argument("--profile", default="default")
     data.add_argument("--update-checksums", action="store_true", help="rewrite data/SHA256SUMS after editing data/*.txt")
 
     args = parser.parse_args(argv)
-    command = {"run": _run, "train": _train, "prepare": _prepare, "figures": _figures, "data": _data}[args.command]
+    command = {"run": _run, "train": _train, "prepare": _prepare, "figures": _figures, "report": _report,
+               "data": _data}[args.command]
     try:
         return command(args)
     except KeyboardInterrupt:
@@ -113,6 +120,21 @@ def _figures(args) -> int:
     written = render_run(cfg.run_dir, formats=formats)  # prints each figure it cannot render on stderr
     print(f"{len(written)} files written under {cfg.run_dir / 'figures'}")
     return 1 if figure_problems(cfg.run_dir, formats=("json", *formats)) else 0
+
+
+def _report(args) -> int:
+    from .config import load_config, parse_override
+    from .study.report import finding_section, recipe_section, run_metrics
+
+    cfg = load_config(args.profile, dict(parse_override(p) for p in args.params))
+    metrics = run_metrics(cfg.run_dir)
+    if not metrics:
+        raise FileNotFoundError(f"no metrics in {cfg.run_dir}: run `python -m safety_neurons run --profile {args.profile}` first")
+    print(finding_section(metrics, title=f"The finding on {cfg.model} (`{cfg.run_dir.name}`)",
+                          headline=f"k{cfg.headline_pct:g}".replace(".", "p")))
+    if "09_recipe_study" in metrics:
+        print(recipe_section(metrics, title=f"The recipe study (`{cfg.run_dir.name}`)"))
+    return 0
 
 
 def _data(args) -> int:

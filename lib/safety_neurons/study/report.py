@@ -1,0 +1,134 @@
+"""The answer in words, generated from a run's metrics: does the paper's finding hold here, and under which
+recipe? (`python -m safety_neurons report --profile P`; docs/results.md quotes its output.)
+
+Everything printed is read from the metrics files of one run directory; nothing is typed in by hand. The
+verdict for each measure follows a rule fixed here, in code:
+
+- "holds as stated": the top headline-k neurons' C is at least PAPER_C (the paper: over 0.9 at 5%) and its
+  interval lies wholly above the random neurons' interval;
+- "holds in part": C below PAPER_C, its interval still wholly above the random neurons';
+- "does not hold": otherwise (the top-k neurons are not clearly better than random ones).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..io import read_metrics
+
+PAPER_C = 0.9
+MEASURE_WORDS = {"phrase": "refusal phrase, greedy answers", "logodds": "refusal log-odds at the first answer position",
+                 "likelihood": "likelihood of M2's answers", "sampled": "refusal share of sampled answers"}
+
+
+def run_metrics(run_dir: str | Path) -> dict[str, dict]:
+    """{stage stem: flat metrics} of every metrics file in a run directory ({} where none)."""
+    folder = Path(run_dir) / "metrics"
+    return {p.stem: read_metrics(p) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
+def _float(value) -> float:
+    """A metric as a float: NaN for a missing or null (JSON's NaN) value."""
+    return math.nan if value is None else float(value)
+
+
+def verdict(c: float | None, lo: float | None, random_hi: float | None) -> str:
+    """The rule of this module's docstring, for one measure at the headline k."""
+    c, lo, random_hi = _float(c), _float(lo), _float(random_hi)
+    if not math.isfinite(c):
+        return "undefined (M2 no safer than M1 on this measure)"
+    above_random = math.isfinite(lo) and math.isfinite(random_hi) and lo > random_hi
+    if not above_random:
+        return "does not hold"
+    return "holds as stated" if c >= PAPER_C else "holds in part"
+
+
+def _num(value, digits: int = 2) -> str:
+    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
+
+
+def _interval(m: Mapping, key: str) -> str:
+    if key not in m:
+        return "n/a"
+    return f"{_num(m[key])} [{_num(m.get(key + '.lo'))}, {_num(m.get(key + '.hi'))}]"
+
+
+def _ks(patching: Mapping, measure: str) -> list[str]:
+    labels = {k.split(".")[3] for k in patching if k.startswith(f"C.{measure}.safety.k") and k.count(".") == 3}
+    return sorted(labels, key=lambda label: float(label[1:].replace("p", ".")))
+
+
+def finding_section(metrics: Mapping[str, Mapping], *, title: str, headline: str = "k5") -> str:
+    """Markdown: M1 and M2, the update, what the change score ranks by, C by measure and k (top-k and random)
+    and the verdict per measure, from stages 01-03's metrics."""
+    align, finding, patching = (metrics.get(s, {}) for s in ("01_alignment", "02_change_scores", "03_dynamic_patching"))
+    if not patching:
+        return f"### {title}\n\nNo stage-03 metrics in this run: nothing to report.\n"
+    harm = next((k.split(".")[2] for k in align if k.startswith("refusal.m1.") and not k.endswith("benign")), None)
+    lines = [f"### {title}", ""]
+    if harm:
+        lines.append(f"- M1 / M2 refuse {_num(align[f'refusal.m1.{harm}'])} / {_num(align[f'refusal.m2.{harm}'])} of the held-out "
+                     f"{harm} prompts and {_num(align.get('refusal.m1.benign'))} / {_num(align.get('refusal.m2.benign'))} of "
+                     f"the benign ones; perplexity {_num(align.get('ppl.m1'))} / {_num(align.get('ppl.m2'))}.")
+    if "update.all.mean" in finding:
+        lines.append(f"- The (IA)^3 update: mean |l - 1| {_num(finding['update.all.mean'], 3)}, "
+                     f"{_num(100 * finding['update.all.moved_0p05'], 0)}% of the scales moved by more than 0.05; its top 5% hold "
+                     f"{_num(finding['update.concentration.top5pct'], 3)} of the total (uniform: 0.05).")
+    if "ranking.spearman_rms" in finding:
+        lines.append(f"- The change score follows M1's activation size (Spearman {_num(finding['ranking.spearman_rms'])}) "
+                     f"more than the update (Spearman with |l - 1| {_num(finding['ranking.spearman_delta'])}).")
+    measures = [m for m in MEASURE_WORDS if any(k.startswith(f"C.{m}.safety.k") for k in patching)]
+    ks = sorted({k for m in measures for k in _ks(patching, m)}, key=lambda label: float(label[1:].replace("p", ".")))
+    lines += ["", "| measure | neurons | " + " | ".join(f"k = {k[1:].replace('p', '.')}%" for k in ks) + " |",
+              "|---|---|" + "---|" * len(ks)]
+    for m in measures:
+        for arm, words in (("safety", "top-k change score"), ("random", "random (layer-matched)")):
+            lines.append(f"| {m} | {words} | " + " | ".join(_interval(patching, f"C.{m}.{arm}.{k}") for k in ks) + " |")
+    lines += ["", f"At the headline k ({headline[1:]}%), by the rule in `study/report.py`:", ""]
+    for m in measures:
+        key = f"C.{m}.safety.{headline}"
+        if key not in patching:
+            continue
+        says = verdict(patching[key], patching.get(key + ".lo"), patching.get(f"C.{m}.random.{headline}.hi"))
+        others = [f"{arm} {_num(patching[f'C.{m}.{arm}.{headline}'])}" for arm in ("change_score_over_rms", "ia3_delta")
+                  if f"C.{m}.{arm}.{headline}" in patching]
+        lines.append(f"- {m} ({MEASURE_WORDS[m]}): C = {_num(patching[key])} against {_num(patching.get(f'C.{m}.random.{headline}'))} "
+                     f"for random neurons: **{says}**" + (f"; other rankings' top {headline[1:]}%: {', '.join(others)}" if others else "")
+                     + ".")
+    return "\n".join(lines) + "\n"
+
+
+RECIPE_COLUMNS = (("refusal", "refusal", 2), ("overrefusal", "over-refusal", 2), ("ppl", "perplexity", 2),
+                  ("top5pct_share_of_update", "top-5% share of update", 3), ("gradient_spearman", "update vs gradient", 2),
+                  ("score_vs_rms", "score vs RMS", 2))
+
+
+def recipe_section(metrics: Mapping[str, Mapping], *, title: str) -> str:
+    """Markdown: the recipe study's table (notebook 09) from its metrics, C at each k on every measure, and the
+    regime chosen by the criteria (never by C)."""
+    recipe = metrics.get("09_recipe_study", {})
+    regimes = list(dict.fromkeys(k.split(".")[1] for k in recipe if k.startswith("recipe.") and k.endswith(".passes")))
+    if not regimes:
+        return f"### {title}\n\nNo recipe-study metrics in this run (`run --only 9`).\n"
+    m1 = {c: recipe.get(f"recipe.m1.{c}") for c in ("refusal", "overrefusal", "ppl")}
+    measures = list(MEASURE_WORDS)
+    effects = sorted({k.split(".", 2)[2] for k in recipe if k.startswith("recipe.") and ".C_" in k and not k.endswith(("_lo", "_hi"))
+                      and ".C_random_" not in k},
+                     key=lambda e: (measures.index(e[2:].rsplit("_k", 1)[0]) if e[2:].rsplit("_k", 1)[0] in measures else 99,
+                                    float(e.rsplit("_k", 1)[1].replace("p", "."))))
+    lines = [f"### {title}", "", f"M1: refusal {_num(m1['refusal'])}, over-refusal {_num(m1['overrefusal'])}, "
+             f"perplexity {_num(m1['ppl'])}.", "",
+             "| regime | " + " | ".join(name for _, name, _ in RECIPE_COLUMNS) + " | meets the criteria | "
+             + " | ".join(e[2:].replace("_k", " k=") + "%" for e in effects) + " |",
+             "|---|" + "---|" * (len(RECIPE_COLUMNS) + 1 + len(effects))]
+    for r in regimes:
+        row = [f"`{r}`"] + [_num(recipe.get(f"recipe.{r}.{c}"), d) for c, _, d in RECIPE_COLUMNS]
+        row.append("yes" if recipe.get(f"recipe.{r}.passes") == 1 else "no")
+        row += [f"{_num(recipe.get(f'recipe.{r}.{e}'))} / {_num(recipe.get(f'recipe.{r}.' + e.replace('C_', 'C_random_', 1)))}"
+                for e in effects]
+        lines.append("| " + " | ".join(row) + " |")
+    chosen = [r for r in regimes if recipe.get(f"recipe.chosen.{r}") == 1]
+    lines += ["", "C cells: top-k change-score neurons / random neurons. "
+              + (f"Chosen by the criteria: `{chosen[0]}`." if chosen else "No regime meets every criterion.")]
+    return "\n".join(lines) + "\n"
