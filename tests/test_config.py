@@ -1,6 +1,6 @@
 import pytest
 
-from safety_neurons.config import PROFILES, PROJECT_ROOT, load_config, parse_override
+from safety_neurons.config import PROFILES, PROJECT_ROOT, ConfigError, load_config, parse_override
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))
@@ -82,3 +82,17 @@ def test_fingerprint_changes_with_any_field():
     a = load_config("quick")
     assert a.fingerprint() == load_config("quick").fingerprint()
     assert a.fingerprint() != load_config("quick", seed=1).fingerprint()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(dpo_optimizer="lion"), "dpo_optimizer must be adamw or sgd"),
+    (dict(dpo_momentum=0.9), "dpo_momentum must be in"),
+    (dict(dpo_optimizer="sgd", dpo_momentum=1.0), "dpo_momentum must be in"),
+    (dict(recipe_regimes=["small_lr"]), "recipe_regimes must start with 'profile'"),
+    (dict(recipe_regimes=["profile", "profile"]), "at most once"),
+    (dict(recipe_k_pcts=[0]), "recipe_k_pcts must be percentages"),
+    (dict(sample_seeds=[]), "sample_seeds must be a non-empty list"),
+])
+def test_issue_20_fields_are_checked_at_load(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("smoke", **bad)

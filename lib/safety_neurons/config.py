@@ -74,6 +74,10 @@ class RunConfig:
     # of held-out HarmBench prompts 0.98-1.00 in all three.
     dpo_retain_weight: float = 5.0
     dpo_adam_epsilon: float = 1e-8
+    # The optimiser: adamw (Adam, no weight decay) or sgd (with dpo_momentum), whose steps follow the gradient;
+    # notebook 09 compares them (and Adam's epsilon, the rate, the NLL term) on the same pairs.
+    dpo_optimizer: str = "adamw"
+    dpo_momentum: float = 0.0
     # Neuron finding (stage 02): harmful prompts of the finding splits (None: all), and the positions
     # change scores are computed over: completion (the paper's), prompt or prompt_last.
     finding_prompts: int | None = 128
@@ -304,7 +308,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 _CHAT_TEMPLATES = ("auto", "chat", "plain", "tulu")
 _LOCATION_FIELDS = ("run_root", "run_name")
 # Fields added after run directories were made (issue 20); see RunConfig.identity.
-_ADDED_FIELDS = ("sample_seeds", "recipe_regimes", "recipe_k_pcts")
+_ADDED_FIELDS = ("sample_seeds", "recipe_regimes", "recipe_k_pcts", "dpo_optimizer", "dpo_momentum")
 # Fields that name prompt sets (checked against the registry at load; `file:PATH` sets resolved to absolute paths).
 _SET_FIELDS = ("harmful_sets", "benign_sets", "train_harmful_sets", "text_corpus")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -544,6 +548,9 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.dpo_sft_weight >= 0, f"dpo_sft_weight must be >= 0, got {cfg.dpo_sft_weight!r}")
     need(cfg.dpo_retain_weight >= 0, f"dpo_retain_weight must be >= 0, got {cfg.dpo_retain_weight!r}")
     need(cfg.dpo_adam_epsilon > 0, f"dpo_adam_epsilon must be > 0, got {cfg.dpo_adam_epsilon!r}")
+    need(cfg.dpo_optimizer in ("adamw", "sgd"), f"dpo_optimizer must be adamw or sgd, got {cfg.dpo_optimizer!r}")
+    need(0 <= cfg.dpo_momentum < 1 and (cfg.dpo_optimizer == "sgd" or cfg.dpo_momentum == 0),
+         f"dpo_momentum must be in [0, 1) and is an sgd setting (dpo_optimizer='sgd'), got {cfg.dpo_momentum!r}")
     need(isinstance(cfg.benign_sets, tuple), "benign_sets must be a list of prompt-set names")
     need(isinstance(cfg.train_seeds, tuple) and len(cfg.train_seeds) > 0 and all(isinstance(s, int) for s in cfg.train_seeds),
          f"train_seeds must be a non-empty list of integers, got {cfg.train_seeds!r}")

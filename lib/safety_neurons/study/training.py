@@ -96,7 +96,8 @@ def synthetic_pairs(cfg: RunConfig) -> int:
 def dpo_settings(cfg: RunConfig, seed: int) -> TrainSettings:
     return TrainSettings(learning_rate=cfg.dpo_learning_rate, epochs=cfg.dpo_epochs, batch_size=cfg.dpo_batch_size,
                          beta=cfg.dpo_beta, sft_weight=cfg.dpo_sft_weight, retain_weight=cfg.dpo_retain_weight,
-                         adam_epsilon=cfg.dpo_adam_epsilon, seed=seed)
+                         adam_epsilon=cfg.dpo_adam_epsilon, optimizer=cfg.dpo_optimizer, momentum=cfg.dpo_momentum,
+                         seed=seed)
 
 
 def retain_texts(cfg: RunConfig) -> list[str]:
