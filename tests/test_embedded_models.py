@@ -218,3 +218,16 @@ def test_cli_prepare_unknown_model_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["prepare", "--model", "nosuch"]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "unknown embedded model 'nosuch'" in err
+
+
+@pytest.mark.parametrize("model, licence", [("gemma3-270m", "Gemma Terms of Use"), ("org/some-model", None)])
+def test_a_runs_manifest_records_its_models_licence(tmp_path, monkeypatch, model, licence):
+    from safety_neurons.config import load_config
+    from safety_neurons.runner import write_manifest
+
+    monkeypatch.setenv("SAFETY_NEURONS_RUNS", str(tmp_path))
+    cfg = load_config("smoke", {"model": model})
+    cfg.run_dir.mkdir(parents=True)
+    recorded = json.loads(write_manifest(cfg, {}).read_text())["model"]
+    assert recorded["name"] == model and (recorded.get("licence") or "").startswith(licence or "")
+    assert ("licence" in recorded) == (licence is not None)
