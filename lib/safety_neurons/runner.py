@@ -396,6 +396,7 @@ def kernel_config():
 
 def write_manifest(cfg: RunConfig, keys: Mapping[str, str]) -> Path:
     """What produced this run directory: versions, seeds, device, git commit, stage states."""
+    from .data.embedded import model_licence
     from .lm.models import resolve_device
 
     stages = {}
@@ -407,6 +408,9 @@ def write_manifest(cfg: RunConfig, keys: Mapping[str, str]) -> Path:
         "profile": cfg.profile,
         "config": cfg.to_dict(),
         "config_fingerprint": cfg.fingerprint(),
+        # An embedded model's licence and source travel with the results (Gemma's terms ask for it);
+        # a folder or hub id has its own card, so only its name is recorded.
+        "model": {"name": cfg.model, **(model_licence(cfg.model) or {})},
         "seeds": {"seed": cfg.seed, "split_seed": cfg.split_seed, "train_seeds": list(cfg.train_seeds)},
         "device": {"requested": cfg.device, "resolved": str(device), "name": _device_name(device)},
         "git": _git_state(),

