@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     command = {"run": _run, "train": _train, "prepare": _prepare, "models": _models, "figures": _figures,
-               "report": _report,
-               "data": _data}[args.command]
+               "report": _report, "data": _data}[args.command]
     try:
         return command(args)
     except KeyboardInterrupt:
