@@ -221,6 +221,7 @@ def run(
     notebook_overrides = {k: resolved[k] for k in overrides} | ({"run_name": cfg.run_name} if cfg.run_name else {})
     stages = discover_stages(notebooks_dir)
     keys = stage_keys(stages, cfg)
+    optional = frozenset(s.stem for s in stages if s.optional)
     selected = select_stages(stages, only, from_)
     if not selected:
         raise StageError(f"--from {from_}: no stage of `make all` from there on (optional studies run with --only)")
@@ -258,11 +259,11 @@ def run(
             write_json_atomic(state_path(cfg, stage.stem), {"key": keys[stage.stem], "seconds": round(seconds, 2),
                                                              "finished": _now(), "processes": group.size,
                                                              "files": stage_files(cfg, stage.stem)})
-            write_manifest(cfg, keys)
+            write_manifest(cfg, keys, optional)
         group.barrier()  # the others read the metrics the main process's kernel wrote
         results.append(StageResult(stage.stem, "ran", seconds, read_metrics(cfg.metrics_path(stage.stem))))
     if group.is_main:
-        write_manifest(cfg, keys)
+        write_manifest(cfg, keys, optional)
     return results
 
 
@@ -394,14 +395,17 @@ def kernel_config():
     return PyFileConfigLoader("jupyter_server_config.py", path=str(PROJECT_ROOT / "configs" / "jupyter")).load_config()
 
 
-def write_manifest(cfg: RunConfig, keys: Mapping[str, str]) -> Path:
-    """What produced this run directory: versions, seeds, device, git commit, stage states."""
+def write_manifest(cfg: RunConfig, keys: Mapping[str, str], optional: frozenset[str] = frozenset()) -> Path:
+    """What produced this run directory: versions, seeds, device, git commit, stage states (an optional
+    study's only once it has run: one never asked for is not an unfinished part of the run)."""
     from .data.embedded import model_licence
     from .lm.models import resolve_device
 
     stages = {}
     for stem, key in keys.items():
         state = read_state(cfg, stem)
+        if stem in optional and not state:
+            continue
         stages[stem] = {k: v for k, v in state.items() if k != "files"} | {"current": is_done(cfg, stem, key)}
     device = resolve_device(cfg.device)
     manifest = {
