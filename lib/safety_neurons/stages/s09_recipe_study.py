@@ -319,10 +319,10 @@ def summary_table(table, effects, k_pct: float):
 
 
 def markdown_table(frame) -> str:
-    """A pandas frame as a Markdown table (index first), numbers to 3 significant figures, for docs/results.md."""
+    """A pandas frame as a Markdown table (index first), numbers to 4 significant figures, for docs/results.md."""
     def cell(v) -> str:
         if isinstance(v, (float, np.floating)):
-            return "n/a" if math.isnan(v) else f"{v:.3g}"
+            return "n/a" if math.isnan(v) else f"{v:.4g}"
         return str(v)
 
     head = [frame.index.name or "", *map(str, frame.columns)]

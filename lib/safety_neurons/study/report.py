@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..io import read_metrics
+from ..names import RECIPES
 
 PAPER_C = 0.9
 MEASURE_WORDS = {"phrase": "refusal phrase, greedy answers", "logodds": "refusal log-odds at the first answer position",
@@ -108,7 +109,8 @@ def recipe_section(metrics: Mapping[str, Mapping], *, title: str) -> str:
     """Markdown: the recipe study's table (notebook 09) from its metrics, C at each k on every measure, and the
     regime chosen by the criteria (never by C)."""
     recipe = metrics.get("09_recipe_study", {})
-    regimes = list(dict.fromkeys(k.split(".")[1] for k in recipe if k.startswith("recipe.") and k.endswith(".passes")))
+    found = {k.split(".")[1] for k in recipe if k.startswith("recipe.") and k.endswith(".passes")}
+    regimes = [r for r in RECIPES if r in found] + sorted(found - set(RECIPES))  # the study's own order
     if not regimes:
         return f"### {title}\n\nNo recipe-study metrics in this run (`run --only 9`).\n"
     m1 = {c: recipe.get(f"recipe.m1.{c}") for c in ("refusal", "overrefusal", "ppl")}
