@@ -163,6 +163,34 @@ def patched_forward(
     return results
 
 
+def _refusal_ids(m1, token_ids: Sequence[int] | None) -> torch.Tensor:
+    """The refusal-start token ids on M1's device (default: `refusal_start_token_ids(m1.tokenizer)`)."""
+    from ..judges.refusal import refusal_start_token_ids
+
+    _, device = hf_and_device(m1)
+    ids = torch.tensor(list(token_ids) if token_ids is not None else refusal_start_token_ids(m1.tokenizer),
+                       dtype=torch.long, device=device)
+    if ids.numel() == 0:
+        raise ValueError("no refusal-start token ids: the log-odds of an empty set are undefined")
+    return ids
+
+
+def _checked_answers(answer_ids: Sequence[Sequence[int]], n_prompts: int) -> list[list[int]]:
+    answers = [[int(t) for t in a] for a in answer_ids]
+    if len(answers) != n_prompts:
+        raise ValueError(f"{len(answers)} answers for {n_prompts} prompts: give one answer per prompt")
+    return answers
+
+
+def _answer_logp(logp: torch.Tensor, answer: Sequence[int]) -> torch.Tensor:
+    """log P of each answer token [a] float64, from one row's log-probabilities [L, vocab] of the last L kept
+    positions of prompt + answer: the answer's a tokens sit at the last a positions, each predicted from the
+    position before it, i.e. kept positions [L - a - 1, L - 1)."""
+    width, a = logp.shape[0], len(answer)
+    target = torch.tensor(list(answer), dtype=torch.long, device=logp.device)
+    return logp[width - a - 1 : width - 1].gather(-1, target[:, None])[:, 0].double()
+
+
 # ---------------------------------------------------------------- (a) refusal log-odds at the first answer position
 
 
@@ -180,13 +208,9 @@ def patched_refusal_logodds(
     float64, with `neurons` patched from M2 over the whole prompt (prefill). P sums the next-token
     probabilities of `token_ids` (default: `refusal_start_token_ids(m1.tokenizer)`) after the prompt's
     last token. Higher = more likely to open with a refusal."""
-    from ..judges.refusal import refusal_logodds_from_logits, refusal_start_token_ids
+    from ..judges.refusal import refusal_logodds_from_logits
 
-    _, device = hf_and_device(m1)
-    ids = torch.tensor(list(token_ids) if token_ids is not None else refusal_start_token_ids(m1.tokenizer),
-                       dtype=torch.long, device=device)
-    if ids.numel() == 0:
-        raise ValueError("no refusal-start token ids: the log-odds of an empty set are undefined")
+    ids = _refusal_ids(m1, token_ids)
 
     def reduce(logits: torch.Tensor, rows: list[int]) -> list[float]:
         return refusal_logodds_from_logits(logits[:, -1], ids).double().cpu().tolist()
@@ -221,9 +245,7 @@ def patched_answer_loglik(
     if reduction not in ("mean", "sum"):
         raise ValueError(f"unknown reduction {reduction!r}; use 'mean' (per answer token) or 'sum'")
     prompts = _checked_sequences(prompt_ids, "prompts")
-    answers = [[int(t) for t in a] for a in answer_ids]
-    if len(answers) != len(prompts):
-        raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts: give one answer per prompt")
+    answers = _checked_answers(answer_ids, len(prompts))
     scored = [i for i, a in enumerate(answers) if a]
     out = np.full(len(prompts), np.nan)
     if not scored:
@@ -232,15 +254,10 @@ def patched_answer_loglik(
     n_answer = [len(answers[i]) for i in scored]
 
     def reduce(logits: torch.Tensor, rows: list[int]) -> list[float]:
-        # The answer's a tokens sit at the last a positions; each is predicted from the position before
-        # it, i.e. kept positions [L - a - 1, L - 1) of the last L.
         logp = torch.log_softmax(logits, dim=-1)
-        width = logits.shape[1]
         values = []
         for b, row in enumerate(rows):
-            a = n_answer[row]
-            target = torch.tensor(seqs[row][-a:], dtype=torch.long, device=logits.device)
-            lp = logp[b, width - a - 1 : width - 1].gather(-1, target[:, None])[:, 0].double()
+            lp = _answer_logp(logp[b], seqs[row][-n_answer[row]:])
             values.append(float(lp.mean() if reduction == "mean" else lp.sum()))
         return values
 
@@ -265,17 +282,11 @@ def patched_logodds_and_loglik(
     answer: ([n_prompts], [n_prompts]) float64. The model is causal, so the logits after the prompt's last
     token are the same whether the answer follows or not: the refusal log-odds read there equal the prompt-only
     pass's, and the pass the likelihood needs anyway gives both (an empty answer: its log-odds, NaN likelihood)."""
-    from ..judges.refusal import refusal_logodds_from_logits, refusal_start_token_ids
+    from ..judges.refusal import refusal_logodds_from_logits
 
     prompts = _checked_sequences(prompt_ids, "prompts")
-    answers = [[int(t) for t in a] for a in answer_ids]
-    if len(answers) != len(prompts):
-        raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts: give one answer per prompt")
-    _, device = hf_and_device(m1)
-    ids = torch.tensor(list(token_ids) if token_ids is not None else refusal_start_token_ids(m1.tokenizer),
-                       dtype=torch.long, device=device)
-    if ids.numel() == 0:
-        raise ValueError("no refusal-start token ids: the log-odds of an empty set are undefined")
+    answers = _checked_answers(answer_ids, len(prompts))
+    ids = _refusal_ids(m1, token_ids)
     seqs = [p + a for p, a in zip(prompts, answers)]
 
     def reduce(logits: torch.Tensor, rows: list[int]) -> list[tuple[float, float]]:
@@ -289,9 +300,7 @@ def patched_logodds_and_loglik(
             if a == 0:
                 values.append((odds[b], math.nan))
                 continue
-            target = torch.tensor(answers[row], dtype=torch.long, device=logits.device)
-            lp = logp[b, width - a - 1 : width - 1].gather(-1, target[:, None])[:, 0].double()
-            values.append((odds[b], float(lp.mean())))
+            values.append((odds[b], float(_answer_logp(logp[b], answers[row]).mean())))
         return values
 
     out = patched_forward(m1, m2, seqs, neurons, keep=[len(a) + 1 for a in answers], reduce=reduce,
