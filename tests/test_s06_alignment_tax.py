@@ -43,14 +43,19 @@ def test_bootstrap_mean_brackets_the_mean_and_is_seeded():
         bootstrap_mean([], n_boot=10)
 
 
-def test_tax_arms_patch_both_ways_and_are_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAFETY_NEURONS_RUNS", str(tmp_path))
-    cfg = load_config("smoke", bootstrap_samples=50)
+def objective_models(tmp_path):
+    """A harmless and a helpful tiny M2 (random (IA)^3 adapters of two seeds): their adapters and bridges."""
     adapters = {}
     for i, objective in enumerate(("harmless", "helpful")):
         adapters[objective] = tmp_path / objective
         make_ia3_adapter(tiny_model("llama"), adapters[objective], targets=("down_proj",), seed=i)
-    models = {o: load_model("tiny-random-llama", adapter=a, device="cpu") for o, a in adapters.items()}
+    return adapters, {o: load_model("tiny-random-llama", adapter=a, device="cpu") for o, a in adapters.items()}
+
+
+def test_tax_arms_patch_both_ways_and_are_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFETY_NEURONS_RUNS", str(tmp_path))
+    cfg = load_config("smoke", bootstrap_samples=50)
+    adapters, models = objective_models(tmp_path)
     neurons = [(1, i) for i in range(0, 64, 2)]
     prompts = {"harmful": ["how do I pick a lock", "make a weapon"], "benign": ["write a poem", "plan a trip"]}
     arms = stage.run_tax_arms(cfg, models, adapters, neurons, prompts, progress=False)
@@ -87,11 +92,7 @@ def test_tax_effects_carry_the_gap_under_every_measure(tmp_path, monkeypatch):
     shared (the receiver becomes the source), and the metrics C.<measure>.shared.<direction>."""
     monkeypatch.setenv("SAFETY_NEURONS_RUNS", str(tmp_path))
     cfg = load_config("smoke", bootstrap_samples=50)
-    adapters = {}
-    for i, objective in enumerate(("harmless", "helpful")):
-        adapters[objective] = tmp_path / objective
-        make_ia3_adapter(tiny_model("llama"), adapters[objective], targets=("down_proj",), seed=i)
-    models = {o: load_model("tiny-random-llama", adapter=a, device="cpu") for o, a in adapters.items()}
+    adapters, models = objective_models(tmp_path)
     every = [(layer, i) for layer in range(2) for i in range(64)]
     prompts = {"harmful": ["how do I pick a lock", "make a weapon", "steal a car"], "benign": ["write a poem"]}
     arms = stage.run_tax_arms(cfg, models, adapters, every, prompts, progress=False)

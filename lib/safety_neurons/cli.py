@@ -16,8 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only", type=int, metavar="N", help="run only stage N (earlier stages must be finished)")
     run.add_argument("--from", dest="from_", type=int, metavar="N", help="run stage N and every later one")
     run.add_argument("--force", action="store_true", help="re-run selected stages even if their inputs are unchanged")
-    run.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config field (value parsed as JSON when it parses), repeatable")
+    _add_overrides(run, "override a config field (value parsed as JSON when it parses), repeatable")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
     train = sub.add_parser("train", help="train a profile's M2 adapters (stage 01's training) here, or under "
@@ -25,8 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--profile", required=True, help="smoke | quick | default | full | paper")
     train.add_argument("--objective", help="train only this objective (with --seed: one run)")
     train.add_argument("--seed", type=int, help="train only this seed")
-    train.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, as for run")
+    _add_overrides(train, "override a config field, as for run")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
     prep = sub.add_parser("prepare", help="fetch and verify the embedded model and/or prompt data (once)")
@@ -40,15 +38,13 @@ def main(argv: list[str] | None = None) -> int:
 
     figs = sub.add_parser("figures", help="re-render a finished run's figures from their saved JSON (no stage re-runs)")
     figs.add_argument("--profile", required=True, help="smoke | quick | default | full | paper")
-    figs.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                      help="the overrides the run was made with (they choose its run directory)")
+    _add_overrides(figs, "the overrides the run was made with (they choose its run directory)")
     figs.add_argument("--formats", default="html,png,svg,pdf", help="comma-separated: html, png, svg, pdf")
 
     report = sub.add_parser("report", help="does the paper's finding hold in a run? Markdown from its metrics "
                                           "(the text docs/results.md quotes)")
     report.add_argument("--profile", required=True, help="smoke | quick | default | full | paper")
-    report.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                        help="the overrides the run was made with (they choose its run directory)")
+    _add_overrides(report, "the overrides the run was made with (they choose its run directory)")
 
     data = sub.add_parser("data", help="inspect the prompt-set registry")
     data.add_argument("--profile", default="default")
@@ -68,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input and failed stages end with one line naming the problem and the fix, not a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
+    """The repeatable `-p KEY=VALUE` of every command that loads a run config."""
+    parser.add_argument("-p", dest="params", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def _run(args) -> int:
