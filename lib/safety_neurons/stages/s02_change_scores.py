@@ -9,40 +9,32 @@ Later stages call `study.rankings.load_ranking(cfg, ...)`.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from ..config import RunConfig
 from ..io import content_key, write_parquet_atomic
 from ..lm.generation import Generation
 from ..lm.models import adapter_digest
-from ..method.change_scores import NeuronRanking, activation_variance, change_scores, mean_difference
+from ..method.change_scores import NeuronRanking, activation_variance, mean_difference
 from ..names import BASELINES
 from ..study.checkpoints import m1_name, m2_adapter
 from ..study.paths import CHANGE_SCORES
-from ..study.rankings import TOP_FRACTION, cached_ranking, overlap, ranking_path, top_count
+from ..study.rankings import TOP_FRACTION, cached_change_scores, cached_ranking, overlap, ranking_path, top_count
 
 STAGE = CHANGE_SCORES
 
 
 def pair_scores(cfg: RunConfig, m1, m2, adapter: Path, generations: list[Generation], objective: str, seed: int, *,
                 progress: bool = True) -> tuple[NeuronRanking, float]:
-    """Change scores of one (M1, M2) pair, cached under a key of M1's generations, M2's adapter weights
-    and the token type; returns the ranking and the seconds computing it took (as recorded when cached)."""
-    import time
-
+    """Change scores of one (M1, M2) pair, cached (study.rankings.cached_change_scores), with their top 5% as a
+    table beside them; returns the ranking and the seconds computing it took (as recorded when cached)."""
     path = ranking_path(cfg, objective, seed)
-    key = content_key([asdict(g) for g in generations], adapter_digest(adapter), cfg.finding_token_type)
 
-    def compute() -> NeuronRanking:
-        start = time.perf_counter()
-        ranking = change_scores(m1, m2, [g.prompt_ids for g in generations], token_type=cfg.finding_token_type,
-                                generations=generations, batch_size=cfg.batch_size, progress=progress).ranking
-        ranking.meta |= {"m1": m1_name(cfg), "objective": objective, "seed": seed, "seconds": time.perf_counter() - start}
+    def finish(ranking: NeuronRanking) -> None:
+        ranking.meta |= {"m1": m1_name(cfg), "objective": objective, "seed": seed}
         write_parquet_atomic(path.with_name("top_neurons.parquet"), ranking.table(top_count(ranking)))
-        return ranking
 
-    ranking = cached_ranking(path, key, compute)
+    ranking = cached_change_scores(cfg, m1, m2, adapter, generations, path, finish=finish, progress=progress)
     return ranking, ranking.meta["seconds"]
 
 

@@ -30,14 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunConfig
-from ..io import content_key
 from ..lm.generation import Generation
 from ..lm.models import adapter_digest
 from ..method.alignment import TrainResult, TrainSettings
 from ..names import RECIPES
 from ..study.arms import arm_key, generation_options, pct_label, refused_already, run_arm
 from ..study.paths import RECIPE_STUDY
-from ..study.rankings import TOP_FRACTION, cached_ranking, top_count
+from ..study.rankings import TOP_FRACTION, top_count
 
 STAGE = RECIPE_STUDY
 ADAM_EPS = 1e-2
@@ -176,14 +175,11 @@ def regime_update(m1, adapter: Path, ranking) -> dict:
 
 def regime_ranking(cfg: RunConfig, m1, m2, adapter: Path, generations: list[Generation], regime: str, *,
                    progress: bool = True):
-    """Change scores of (M1, this regime's M2) on M1's finding generations (stage 02's), cached by what they
-    are computed from."""
-    from ..method.change_scores import change_scores
+    """Change scores of (M1, this regime's M2) on M1's finding generations (stage 02's), cached as stage 02's are."""
+    from ..study.rankings import cached_change_scores
 
-    key = content_key([asdict(g) for g in generations], adapter_digest(adapter), cfg.finding_token_type)
-    return cached_ranking(cfg.artifact_dir(STAGE) / regime / "change_score.safetensors", key,
-                          lambda: change_scores(m1, m2, [g.prompt_ids for g in generations], token_type=cfg.finding_token_type,
-                                                generations=generations, batch_size=cfg.batch_size, progress=progress).ranking)
+    return cached_change_scores(cfg, m1, m2, adapter, generations, cfg.artifact_dir(STAGE) / regime / "change_score.safetensors",
+                                progress=progress)
 
 
 def phrase_effects(cfg: RunConfig, m1, m2, adapter: Path, ranking, prompt_ids: list[list[int]]):

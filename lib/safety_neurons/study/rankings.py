@@ -82,6 +82,30 @@ def m1_generations(cfg: RunConfig, m1, prompt_ids: list[list[int]], *, progress:
     return generations
 
 
+def cached_change_scores(cfg: RunConfig, m1, m2, adapter: Path, generations: list[Generation], path: Path, *,
+                         finish=None, progress: bool = True) -> NeuronRanking:
+    """Change scores of (M1, M2 = M1 with `adapter`) on M1's `generations`, saved at `path` under a key of the
+    generations, the adapter's weights and the token type; `finish(ranking)` runs on a freshly computed one
+    (metadata, side files) before it is saved. Stage 02's pairs and the recipe study's regimes both use it."""
+    import time
+
+    from ..lm.models import adapter_digest
+    from ..method.change_scores import change_scores
+
+    key = content_key([asdict(g) for g in generations], adapter_digest(adapter), cfg.finding_token_type)
+
+    def compute() -> NeuronRanking:
+        start = time.perf_counter()
+        ranking = change_scores(m1, m2, [g.prompt_ids for g in generations], token_type=cfg.finding_token_type,
+                                generations=generations, batch_size=cfg.batch_size, progress=progress).ranking
+        ranking.meta["seconds"] = time.perf_counter() - start
+        if finish is not None:
+            finish(ranking)
+        return ranking
+
+    return cached_ranking(path, key, compute)
+
+
 def top_count(ranking: NeuronRanking, fraction: float = TOP_FRACTION) -> int:
     return max(1, int(round(fraction * ranking.n_neurons)))
 
