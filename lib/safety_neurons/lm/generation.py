@@ -90,9 +90,11 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 
 def encode_texts(tokenizer, texts: list[str], max_tokens: int) -> list[list[int]]:
-    """Plain text (no template) as ids, each cut to max_tokens; texts of fewer than 2 tokens are dropped
-    (they have no next token to predict)."""
-    encoded = (tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts)
+    """Plain text (no template) as ids, BOS first where the tokenizer has one (see `chat`), each cut to
+    max_tokens in all; texts of fewer than 2 tokens are dropped (they have no next token to predict)."""
+    from .chat import ids_with_bos
+
+    encoded = (ids_with_bos(tokenizer, tokenizer(t, add_special_tokens=False)["input_ids"])[:max_tokens] for t in texts)
     return [e for e in encoded if len(e) >= 2]
 
 

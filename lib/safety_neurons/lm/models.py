@@ -279,7 +279,11 @@ def to_bridge(hf_model, tokenizer, *, name: str = "model", device: torch.device 
     if tokenizer.pad_token is None:
         # Batched generation needs a pad id; EOS is the conventional stand-in and is masked out.
         tokenizer.pad_token = tokenizer.eos_token
+    own_bos = tokenizer.bos_token
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=str(device), dtype=next(hf_model.parameters()).dtype)
+    if own_bos is None and bridge.tokenizer.bos_token is not None:
+        # TransformerLens stands EOS in for a missing BOS; the study prepends the model's own BOS only (lm/chat.py)
+        bridge.tokenizer.bos_token = None
     bridge.eval()
     return bridge
 

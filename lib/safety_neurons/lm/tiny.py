@@ -17,12 +17,15 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 FAMILIES = ("llama", "mistral", "gemma", "qwen2")
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
+def tiny_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
     """A byte-level tokenizer with no merges (one token per byte) plus ChatML specials.
 
     Built from a fixed vocabulary rather than trained, so it is identical on every machine.
     Ids: 0-2 the specials (<|endoftext|> = pad, <|im_end|> = eos), 3-258 the 256 bytes. It has no BOS
     token, like Qwen2's: TransformerLens would otherwise re-load the tokenizer by name to force one.
+    With `bos`, Gemma's arrangement for the BOS tests: a `<bos>` token (id 259, so a model needs
+    vocab_size=260) that the chat template writes first, and `add_bos_token` False, as Gemma's
+    GGUF-converted tokenizer reports.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -39,6 +42,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
         additional_special_tokens=["<|im_start|>"],
     )
     tok.chat_template = CHATML_TEMPLATE
+    if bos:
+        tok.add_special_tokens({"bos_token": "<bos>"})
+        tok.chat_template = "{{ bos_token }}" + CHATML_TEMPLATE
+        tok.add_bos_token = False
     return tok
 
 

@@ -22,6 +22,7 @@ import torch
 
 from ..data.preferences import Preference
 from ..io import claim_dir, content_key, read_json, write_json_atomic
+from ..lm.chat import ENCODING
 from ..lm.sharding import done_by_main, is_sharded
 from .cpu_logprobs import dense_cpu_logprobs
 
@@ -166,7 +167,7 @@ def train_dpo(
     check_settings(settings)
     retain_texts = list(retain_texts or []) if settings.retain_weight > 0 else []
     out = Path(out_dir)
-    key = content_key("dpo", base_model_name, template, settings_key(settings), [asdict(p) for p in pairs], retain_texts)
+    key = content_key("dpo", base_model_name, template, ENCODING, settings_key(settings), [asdict(p) for p in pairs], retain_texts)
     done_by_main(lambda: claim_dir(out, key))  # one process empties a stale folder, not two racing
     if adapter_done(out):
         return _result_from_log(out)
@@ -296,7 +297,7 @@ def train_sft(
     check_settings(settings)
     if settings.optimizer != "adamw":
         raise ValueError(f"SFT trains with adamw; optimizer {settings.optimizer!r} is a DPO setting")
-    key = content_key("sft", base_model_name, template, settings_key(settings), conversations)
+    key = content_key("sft", base_model_name, template, ENCODING, settings_key(settings), conversations)
     done_by_main(lambda: claim_dir(out, key))  # one process empties a stale folder, not two racing
     if adapter_done(out):
         return _result_from_log(out)

@@ -22,6 +22,7 @@ from ..config import RunConfig
 from ..data.registry import load_split
 from ..io import cached_array, cached_json, content_key
 from ..judges.refusal import refusal_judge
+from ..lm.chat import ENCODING
 from ..study.arms import JUDGE, generation_options
 from ..study.checkpoints import m1_name
 from ..study.paths import SAFEGUARD
@@ -53,7 +54,7 @@ def model_answers(cfg: RunConfig, model, name: str, adapter: Path | None, set_na
     from ..lm.generation import answer_prompts
     from ..lm.models import adapter_digest
 
-    key = content_key(m1_name(cfg), adapter_digest(adapter), prompts, cfg.chat_template, cfg.eval_tokens)
+    key = content_key(m1_name(cfg), adapter_digest(adapter), prompts, cfg.chat_template, ENCODING, cfg.eval_tokens)
     opts = generation_options(cfg) | {"progress": progress}
     return cached_json(cfg.artifact_dir(STAGE) / "answers" / f"{name}-{set_name}.json", key,
                        lambda: [g.text for g in answer_prompts(model, prompts, template=cfg.chat_template,

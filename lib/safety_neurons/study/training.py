@@ -13,6 +13,7 @@ from ..config import RunConfig
 from ..data.preferences import Preference, extraction_pairs, harmless_pairs, helpful_pairs, reasoning_pairs
 from ..data.registry import load_split
 from ..io import cached_json, content_key
+from ..lm.chat import ENCODING
 from ..lm.sharding import done_by_main
 from ..method.alignment import TrainResult, TrainSettings, adapter_done, save_merged_model, train_dpo, train_sft
 from .checkpoints import load_m1, load_with_adapter, m1_name, m1_sft_dir, run_dir_of
@@ -42,7 +43,7 @@ def cached_answers(cfg: RunConfig, m1, prompts: list[str], *, name: str, progres
 
     if not prompts:
         return []
-    key = content_key(cfg.model, cfg.chat_template, cfg.answer_tokens, prompts)
+    key = content_key(cfg.model, cfg.chat_template, ENCODING, cfg.answer_tokens, prompts)
     return cached_json(cfg.artifact_dir(ALIGNMENT) / "m1_answers" / f"{name}.json", key,
                        lambda: [g.text for g in answer_prompts(m1, prompts, template=cfg.chat_template,
                                                                max_new_tokens=cfg.answer_tokens, batch_size=cfg.batch_size,
@@ -55,7 +56,7 @@ def preference_pairs(cfg: RunConfig, objective: str, m1, *, progress: bool = Tru
     (under a key of everything the set is made from, so a changed config rebuilds it)."""
     harmful, benign = alignment_prompts(cfg)
     source = cfg.helpful_dataset if objective == "helpful" else cfg.dpo_dataset  # a built-in name or a hub set
-    key = content_key(objective, harmful, benign, cfg.model, cfg.chat_template, cfg.answer_tokens, cfg.seed,
+    key = content_key(objective, harmful, benign, cfg.model, cfg.chat_template, ENCODING, cfg.answer_tokens, cfg.seed,
                       source, cfg.align_harmful)
     path = cfg.artifact_dir(ALIGNMENT) / "preferences" / f"{objective}.json"
     stored = cached_json(path, key, lambda: [asdict(p) for p in build_pairs(cfg, objective, m1, source, harmful, benign,
@@ -151,7 +152,7 @@ def evaluate_model(cfg: RunConfig, name: str, adapter: Path | None, sets: dict[s
     from ..lm.generation import Generation
     from ..lm.models import adapter_digest
 
-    key = content_key(m1_name(cfg), adapter_digest(adapter), sets, corpus, cfg.chat_template, cfg.eval_tokens)
+    key = content_key(m1_name(cfg), adapter_digest(adapter), sets, corpus, cfg.chat_template, ENCODING, cfg.eval_tokens)
     path = cfg.artifact_dir(ALIGNMENT) / "evaluations" / f"{name.replace('/', '-')}.json"
 
     def compute() -> dict:
