@@ -11,7 +11,7 @@ def test_every_profile_loads(profile):
 
 
 def test_profiles_cover_the_four_kinds_of_run():
-    assert set(PROFILES) == {"smoke", "quick", "default", "full", "paper"}
+    assert set(PROFILES) == {"smoke", "quick", "default", "full", "gemma", "paper"}
     assert load_config("smoke").model == "tiny-random-llama"
     assert load_config("quick").model == load_config("default").model == load_config("full").model == "smollm2-135m-instruct"
     assert load_config("paper").chat_template == "tulu"

@@ -49,3 +49,37 @@ def test_the_recipe_section_lists_every_regime_and_the_choice():
     assert any(line.startswith("| `sgd_momentum` | 0.80 |") and "| yes |" in line for line in lines)
     assert "Chosen by the criteria: `sgd_momentum`." in text
     assert "No recipe-study metrics" in recipe_section({}, title="R")
+
+
+def test_the_comparison_reads_each_row_from_its_runs_metrics():
+    from safety_neurons.study.report import ROW_NAMES, comparison_section
+
+    def run(c5: float, overlap: float) -> tuple[dict, dict]:
+        metrics = {"01_alignment": {"refusal.m1.harmbench": 0.0, "refusal.m2.harmbench": 0.84, "ppl.m1": 28.8, "ppl.m2": 29.0},
+                   "02_change_scores": {"top5pct.share_of_sq_change": 0.75, "top5pct.layer_share.29": 0.3,
+                                        "top5pct.layer_share.3": 0.5, "ranking.spearman_rms": 0.94},
+                   "03_dynamic_patching": patching(c5, 0.0, 0.13, 0.01, 0.05),
+                   "04_transfer_capability": {"C.phrase.safety.harmbench": 0.2, "C.phrase.safety.jailbreak": 0.4,
+                                              "C.phrase.random.harmbench": 0.0, "C.phrase.random.jailbreak": 0.1},
+                   "05_stability": {"overlap.k5.mean": overlap, "spearman.mean": 0.9},
+                   "06_alignment_tax": {"spearman.harmless.helpful": 0.8},
+                   "07_safeguard": {"acc.harmbench.jailbreak.k10.safety": 0.7, "acc.jailbreak.harmbench.k10.safety": 0.9,
+                                    "acc.harmbench.harmbench.k10.safety": 1.0, "acc.harmbench.jailbreak.k10.random": 0.5,
+                                    "acc.jailbreak.harmbench.k10.random": 0.6, "acc.harmbench.jailbreak.k50.safety": 0.1}}
+        return metrics, {"harmful_sets": ["harmbench"], "safeguard_k": 10}
+
+    text = comparison_section({"A": run(0.04, 0.5), "B": run(0.63, 0.7)}, title="side")
+    lines = text.splitlines()
+    assert lines[2] == "| | A | B | the paper (as reported) |" and len(lines) == 4 + len(ROW_NAMES)
+    row = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[4:]}
+    assert row[ROW_NAMES["refusal"]][:2] == ["0.00 / 0.84", "0.00 / 0.84"]
+    assert row[ROW_NAMES["top5pct_layers"]][0] == "3 (0.50), 29 (0.30)"
+    assert row[ROW_NAMES["C_phrase_k5"]][:2] == ["0.04 [0.00, 0.13] (random 0.01)", "0.63 [0.00, 0.13] (random 0.01)"]
+    assert row[ROW_NAMES["C_phrase_k1"]][0] == "n/a"
+    assert row[ROW_NAMES["transfer"]][0] == "0.30 (random 0.05) over 2 sets"
+    assert row[ROW_NAMES["overlap_k5"]][:2] == ["0.50", "0.70"]
+    # cross-set pairs at the run's safeguard_k only: (0.7 + 0.9) / 2, random (0.5 + 0.6) / 2
+    assert row[ROW_NAMES["safeguard"]][0] == "0.80 (random 0.55)"
+    assert "76.2%" in row[ROW_NAMES["safeguard"]][2]
+    empty = comparison_section({"C": ({}, {})}, title="none")
+    assert empty.count("n/a") >= len(ROW_NAMES) - 1

@@ -41,8 +41,8 @@ def test_sft_makes_m1_when_the_profile_names_sft_data(run_root):
     cfg = load_config("smoke", sft_dataset="sharegpt", dpo_epochs=1)
     with pytest.raises(FileNotFoundError, match="SFT checkpoint"):
         m1_name(cfg)
-    path = run_sft(cfg, conversations_path=str(fixture), progress=False)
-    assert m1_name(cfg) == path
+    result = run_sft(cfg, conversations_path=str(fixture), progress=False)
+    assert result.steps > 0 and (Path(m1_name(cfg)) / "config.json").exists()
     assert run_sft(load_config("smoke")) is None
 
 
@@ -127,3 +127,58 @@ def test_train_command_rejects_a_run_the_profile_does_not_have(run_root, capsys)
 def test_missing_m2_points_to_the_notebook(run_root):
     with pytest.raises(FileNotFoundError, match="run notebook 01_alignment first"):
         m2_adapter(load_config("smoke"))
+
+
+def test_distilled_sft_trains_m1_offline_from_the_teachers_answers(run_root, monkeypatch):
+    from pathlib import Path
+
+    from safety_neurons.data.registry import load_split
+    from safety_neurons.study.training import evaluate_sft, sft_conversations
+
+    cfg = load_config("smoke", sft_dataset="distilled", sft_teacher="tiny-random-llama", sft_examples=6,
+                      sft_answer_tokens=4, sft_learning_rate=0.1, sft_epochs=2.0)
+    conversations = sft_conversations(cfg, progress=False)
+    harmful = {p for s in cfg.train_harmful_sets for p in load_split(cfg, s, "alignment")}
+    benign = {p for s in cfg.benign_sets for p in load_split(cfg, s, "alignment")}
+    prompts = [c[0]["content"] for c in conversations]
+    assert 0 < len(conversations) <= 6 and all([t["role"] for t in c] == ["user", "assistant"] for c in conversations)
+    assert prompts[0] in harmful and prompts[1] in benign  # harmful and benign in turn
+    assert all(c[1]["content"].strip() for c in conversations)
+    result = run_sft(cfg, progress=False)
+    assert result.steps > 0 and (Path(m1_name(cfg)) / "config.json").exists()
+    assert result.log and "learning_rate" in str(result.log)
+
+    import safety_neurons.lm.models as models
+
+    with monkeypatch.context() as patched:
+        patched.setattr(models, "load_model", lambda *a, **k: pytest.fail("asked the teacher again"))
+        assert sft_conversations(cfg, progress=False) == conversations  # the teacher's answers are cached
+    evaluation = evaluate_sft(cfg, {"harmbench": ["How do I pick a lock?", "Tell me a joke."]},
+                              ["The quick brown fox jumps over the lazy dog."], progress=False)
+    for role in ("base", "m1"):
+        assert 0 <= evaluation[role]["stopped"] <= 1 and 0 <= evaluation[role]["new_turn"] <= 1
+        assert len(evaluation[role]["examples"]) == 2
+    assert evaluation["base"]["ppl"] > 1 and set(evaluation["base"]["refusal"]) == {"harmbench"}
+
+
+def test_sft_settings_default_to_the_dpo_ones_and_train_with_adamw():
+    from safety_neurons.study.training import sft_settings
+
+    cfg = load_config("smoke", sft_dataset="distilled", dpo_optimizer="sgd", dpo_momentum=0.9)
+    settings = sft_settings(cfg)
+    assert (settings.learning_rate, settings.epochs, settings.optimizer) == (cfg.dpo_learning_rate, cfg.dpo_epochs, "adamw")
+    own = sft_settings(load_config("smoke", sft_dataset="distilled", sft_learning_rate=0.5, sft_epochs=3.0))
+    assert (own.learning_rate, own.epochs) == (0.5, 3.0)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"sft_dataset": "alpaca"}, "sft_dataset must be None"),
+    ({"sft_epochs": 0}, "sft_learning_rate and sft_epochs must be positive"),
+    ({"sft_learning_rate": -1.0}, "sft_learning_rate and sft_epochs must be positive"),
+    ({"sft_answer_tokens": 0}, "sft_answer_tokens must be a positive integer"),
+])
+def test_bad_sft_settings_are_refused_at_load(override, message):
+    from safety_neurons.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config("smoke", **override)

@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
     report = sub.add_parser("report", help="does the paper's finding hold in a run? Markdown from its metrics "
                                           "(the text docs/results.md quotes)")
-    report.add_argument("--profile", required=True, help="smoke | quick | default | full | paper")
+    report.add_argument("--profile", help="smoke | quick | default | full | gemma | paper")
     _add_overrides(report, "the overrides the run was made with (they choose its run directory)")
+    report.add_argument("--compare", nargs="+", metavar="PROFILE",
+                        help="instead: the runs of these profiles side by side with the paper, row by row")
 
     data = sub.add_parser("data", help="inspect the prompt-set registry")
     data.add_argument("--profile", default="default")
@@ -142,6 +144,10 @@ def _report(args) -> int:
     from .config import load_config, parse_override
     from .study.report import finding_section, recipe_section, run_metrics
 
+    if args.compare:
+        return _compare(args.compare)
+    if not args.profile:
+        raise ValueError("report needs --profile P (one run) or --compare P1 P2 ... (runs side by side)")
     cfg = load_config(args.profile, dict(parse_override(p) for p in args.params))
     metrics = run_metrics(cfg.run_dir)
     if not metrics:
@@ -150,6 +156,22 @@ def _report(args) -> int:
                           headline=f"k{cfg.headline_pct:g}".replace(".", "p")))
     if "09_recipe_study" in metrics:
         print(recipe_section(metrics, title=f"The recipe study (`{cfg.run_dir.name}`)"))
+    return 0
+
+
+def _compare(profiles: list[str]) -> int:
+    from .config import load_config
+    from .io import read_json
+    from .study.report import comparison_section, run_metrics
+
+    runs = {}
+    for profile in profiles:
+        cfg = load_config(profile)
+        metrics = run_metrics(cfg.run_dir)
+        if not metrics:
+            raise FileNotFoundError(f"no metrics in {cfg.run_dir}: run `python -m safety_neurons run --profile {profile}` first")
+        runs[f"{cfg.model} (`{cfg.run_dir.name}`)"] = (metrics, read_json(cfg.run_dir / "config.json")["config"])
+    print(comparison_section(runs, title="The models side by side"))
     return 0
 
 

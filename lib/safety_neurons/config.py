@@ -22,6 +22,7 @@ from .names import BASELINES, JUDGE_NAMES, RECIPES, parse_judge
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+SFT_DISTILLED = "distilled"  # the offline SFT set (see RunConfig.sft_dataset)
 TINY_MODEL = "tiny-random-llama"
 
 
@@ -48,8 +49,16 @@ class RunConfig:
     batch_size: int | str = "auto"
     n_setup_examples: int = 3
     train_seeds: tuple[int, ...] = (0, 1, 2)
-    sft_dataset: str | None = None  # None: the model is already instruction-tuned, SFT is skipped
-    sft_examples: int = 2000
+    # The instruction set of the SFT stage (M1 = the model + an SFT (IA)^3 adapter, folded in): None, the model is
+    # already instruction-tuned and SFT is skipped; "distilled", offline: `sft_teacher`'s greedy answers to the
+    # alignment splits' harmful and benign prompts (so M1 follows instructions and complies, as the paper's SFT
+    # model did); or a hub conversation set ("sharegpt", the paper's).
+    sft_dataset: str | None = None
+    sft_examples: int = 2000  # conversations the SFT stage trains on (at most)
+    sft_teacher: str = EMBEDDED_MODEL  # the instruct model whose answers make the "distilled" set
+    sft_answer_tokens: int = 64  # length of the teacher's answers (each ends with EOS in training)
+    sft_learning_rate: float | None = None  # None: dpo_learning_rate
+    sft_epochs: float | None = None  # None: dpo_epochs
     dpo_dataset: str = "harmless"  # harmless (built in code from M1's answers) or a hub preference set
     # The helpful objective's preferences: helpful (built in code from M1's answers to the benign alignment
     # prompts, needs align_benign > 0) or a hub preference set (the paper: hh_rlhf_helpful).
@@ -276,6 +285,42 @@ PROFILES: dict[str, dict[str, Any]] = {
     # random draws (about 2.6 hours on a 2-core CPU).
     # Batches as it was timed (16 prompts, 32 per patched batch); batch_size="auto" gives 32 on a CPU.
     "full": dict(model=EMBEDDED_MODEL, batch_size=16, patch_batch_size=32),
+    # The paper's pipeline on a second architecture, offline (issue 21): Gemma 3 270M base (18 x 2048 neurons,
+    # `python -m safety_neurons prepare --model gemma3-270m`), SFT with (IA)^3 on the embedded SmolLM2-Instruct's
+    # answers ("distilled") to make M1, then DPO with (IA)^3 on M1, then the study at sizes between `quick` and
+    # `default`. Its chat template is `plain` (the GGUF's tokenizer has none).
+    "gemma": dict(
+        model="gemma3-270m",
+        sft_dataset="distilled",
+        sft_examples=256,
+        sft_answer_tokens=48,
+        sft_epochs=2.0,
+        max_new_tokens=32,
+        batch_size="auto",
+        train_seeds=(0, 1),
+        objectives=("harmless", "helpful"),
+        align_harmful=96,
+        align_benign=32,
+        answer_tokens=32,
+        dpo_epochs=1.0,
+        eval_prompts=32,
+        eval_tokens=24,
+        ppl_texts=24,
+        finding_prompts=48,
+        patch_k_pcts=(1, 5, 20),
+        patch_random_seeds=(0,),
+        patch_prompts=32,
+        sample_seeds=(0, 1),
+        safeguard_prompts=24,
+        safeguard_ks=(10, 50, 200),
+        safeguard_random_seeds=(0, 1),
+        probe_prompts=32,
+        trace_pairs=4,
+        ablation_k_pcts=(5,),
+        tune_steps=4,
+        tune_eval_every=2,
+        tune_eval_prompts=8,
+    ),
     # The paper's setting, by hub name: needs the hub and a GPU.
     "paper": dict(
         model="meta-llama/Llama-2-7b-hf",
@@ -308,7 +353,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 _CHAT_TEMPLATES = ("auto", "chat", "plain", "tulu")
 _LOCATION_FIELDS = ("run_root", "run_name")
 # Fields added after run directories were made (issue 20); see RunConfig.identity.
-_ADDED_FIELDS = ("sample_seeds", "recipe_regimes", "recipe_k_pcts", "dpo_optimizer", "dpo_momentum")
+_ADDED_FIELDS = ("sample_seeds", "recipe_regimes", "recipe_k_pcts", "dpo_optimizer", "dpo_momentum", "sft_teacher",
+                 "sft_answer_tokens", "sft_learning_rate", "sft_epochs")
 # Fields that name prompt sets (checked against the registry at load; `file:PATH` sets resolved to absolute paths).
 _SET_FIELDS = ("harmful_sets", "benign_sets", "train_harmful_sets", "text_corpus")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -492,14 +538,20 @@ _DESCRIPTIONS = {
 }
 
 
+def _hub_sets(kind: str) -> list[str]:
+    from .data.hub import HUB_DATASETS  # torch-free
+
+    return sorted(name for name, spec in HUB_DATASETS.items() if spec.kind == kind)
+
+
 def _describe(base: str) -> str:
     return _DESCRIPTIONS.get(base, base)
 
 
 def _validate(cfg: RunConfig) -> None:
-    def need(cond: bool, msg: str) -> None:
+    def need(cond: bool, msg) -> None:
         if not cond:
-            raise ConfigError(f"config {cfg.profile!r}: {msg}")
+            raise ConfigError(f"config {cfg.profile!r}: {msg() if callable(msg) else msg}")
 
     # Types first, for every field: a wrong type is named here, at load, not deep inside a stage.
     for f in dataclasses.fields(cfg):
@@ -526,7 +578,7 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.batch_size == "auto" or (isinstance(cfg.batch_size, int) and not isinstance(cfg.batch_size, bool) and cfg.batch_size > 0),
          f"batch_size must be a positive integer or 'auto' (sized from free GPU memory), got {cfg.batch_size!r}")
     for name in ("max_new_tokens", "n_setup_examples", "align_harmful", "answer_tokens",
-                 "dpo_batch_size", "eval_tokens", "ppl_texts", "sft_examples"):
+                 "dpo_batch_size", "eval_tokens", "ppl_texts", "sft_examples", "sft_answer_tokens"):
         value = getattr(cfg, name)
         need(isinstance(value, int) and not isinstance(value, bool) and value > 0, f"{name} must be a positive integer, got {value!r}")
     need(cfg.max_prompts_per_split is None or (isinstance(cfg.max_prompts_per_split, int) and cfg.max_prompts_per_split > 0),
@@ -545,6 +597,14 @@ def _validate(cfg: RunConfig) -> None:
          "train_harmful_sets must name at least one prompt set")
     need(cfg.dpo_learning_rate > 0 and cfg.dpo_epochs > 0 and cfg.dpo_beta > 0,
          "dpo_learning_rate, dpo_epochs and dpo_beta must be positive")
+    need(all(v is None or v > 0 for v in (cfg.sft_learning_rate, cfg.sft_epochs)),
+         f"sft_learning_rate and sft_epochs must be positive (or None: the DPO values), got {cfg.sft_learning_rate!r}, {cfg.sft_epochs!r}")
+    # the hub's names only when one is given: reading them imports `datasets`, slow for every config load
+    need(cfg.sft_dataset in (None, SFT_DISTILLED) or cfg.sft_dataset in _hub_sets("conversations"),
+         lambda: f"sft_dataset must be None (no SFT), {SFT_DISTILLED!r} (offline: the teacher's answers) or a hub conversation set "
+         f"({', '.join(_hub_sets('conversations'))}), got {cfg.sft_dataset!r}")
+    need(cfg.sft_dataset != SFT_DISTILLED or bool(cfg.sft_teacher),
+         "sft_dataset='distilled' needs sft_teacher: the instruct model whose answers it distils")
     need(cfg.dpo_sft_weight >= 0, f"dpo_sft_weight must be >= 0, got {cfg.dpo_sft_weight!r}")
     need(cfg.dpo_retain_weight >= 0, f"dpo_retain_weight must be >= 0, got {cfg.dpo_retain_weight!r}")
     need(cfg.dpo_adam_epsilon > 0, f"dpo_adam_epsilon must be > 0, got {cfg.dpo_adam_epsilon!r}")

@@ -38,6 +38,16 @@ def evaluate_refusal(bridge, prompts: list[str], *, template: str, max_new_token
     return RefusalEval(prompts, answers, refusal_judge([a.text for a in answers]), logodds)
 
 
+def answer_format(answers: list[Generation], markers: tuple[str, ...]) -> dict[str, float]:
+    """Does a model answer like an assistant or continue the document? `stopped`: the share of answers that
+    end with EOS within the length limit; `new_turn`: the share that write a new turn of the template (any of
+    `markers`, chat.turn_markers). An instruction-tuned model is near 1 and 0; a base model usually is not."""
+    if not answers:
+        raise ValueError("no answers to judge the format of")
+    return {"stopped": sum(a.stopped for a in answers) / len(answers),
+            "new_turn": sum(any(m in a.text for m in markers) for a in answers) / len(answers)}
+
+
 @torch.no_grad()
 def perplexity(bridge, texts: list[str], *, batch_size: BatchSize = 8, max_tokens: int = 256, progress: bool = True,
                forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> float:

@@ -57,6 +57,14 @@ def ids_with_bos(tokenizer, ids: list[int]) -> list[int]:
     return list(ids) if bos is None or (len(ids) > 0 and ids[0] == bos) else [bos, *ids]
 
 
+def turn_markers(tokenizer, template: str = "auto") -> tuple[str, ...]:
+    """Text that opens a new turn of the template: in an answer it means the model went on writing the
+    document (the next instruction, another response) instead of answering. The chat templates' own
+    turn tokens are special and dropped from answer text, so none are listed for them."""
+    kind = resolve_template(tokenizer, template)
+    return {"plain": ("### Instruction", "### Response"), "tulu": ("<|user|>", "<|assistant|>")}.get(kind, ())
+
+
 def encode_prompts(tokenizer, prompts: list[str], template: str = "auto") -> list[list[int]]:
     """Token ids per prompt: BOS first (see the module), no other special tokens beyond the template's."""
     if len(prompts) == 0:

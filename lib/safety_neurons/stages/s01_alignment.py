@@ -14,9 +14,10 @@ STAGE = ALIGNMENT
 
 
 def alignment_metrics(cfg: RunConfig, results: dict, evals: dict, ppl: dict, *, judge_auroc: float,
-                      n_pairs: int, seconds: float) -> dict:
+                      n_pairs: int, seconds: float, sft: tuple[TrainResult, dict] | None = None) -> dict:
     """Metrics of stage 01. Unprefixed keys: M1 and M2 (the harmless model at the first seed);
-    `seed<s>.` the other harmless seeds; `objective.<name>.` the other objectives."""
+    `seed<s>.` the other harmless seeds; `objective.<name>.` the other objectives; with `sft` (the SFT's
+    training result and study.training.evaluate_sft's dict), `sft.` the base model against M1."""
     sets = sorted({s for _, s in evals})
 
     def of(name: str, role: str) -> dict:
@@ -31,6 +32,12 @@ def alignment_metrics(cfg: RunConfig, results: dict, evals: dict, ppl: dict, *, 
     m2 = model_name("harmless", first)
     metrics = _merge(of("m1", "m1"), of(m2, "m2"), train(results[("harmless", first)]))
     metrics |= {"judge": {"logodds_auroc": judge_auroc}, "n_pairs": n_pairs, "seconds": seconds}
+    if sft is not None:
+        result, evaluation = sft
+        drop = {"examples"}
+        metrics["sft"] = _merge(train(result), {
+            "base": {k: v for k, v in evaluation["base"].items() if k not in drop},
+            "m1": {k: v for k, v in evaluation["m1"].items() if k not in drop}})
     for (objective, seed), r in results.items():
         if (objective, seed) == ("harmless", first):
             continue

