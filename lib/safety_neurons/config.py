@@ -239,7 +239,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         model=EMBEDDED_MODEL, max_prompts_per_split=24, max_new_tokens=24, train_seeds=(0,),
         objectives=("harmless", "helpful"), align_harmful=48, align_benign=16, answer_tokens=24, dpo_epochs=1.0,
         eval_prompts=16, eval_tokens=24, ppl_texts=12, finding_prompts=32,
-        patch_k_pcts=(1, 5, 20), patch_random_seeds=(0,), patch_prompts=16, bootstrap_samples=1000,
+        patch_k_pcts=(1, 5, 20), patch_random_seeds=(0,), patch_prompts=16, bootstrap_samples=1000, sample_seeds=(0, 1),
         safeguard_prompts=16, safeguard_ks=(50, 200), safeguard_random_seeds=(0,),
         probe_prompts=24, probe_folds=3, trace_pairs=4, ablation_k_pcts=(5,),
         tune_steps=4, tune_eval_every=2, tune_eval_prompts=8,
