@@ -24,7 +24,7 @@ def test_overrides_apply_and_lists_become_tuples():
 
 
 def test_unknown_profile_names_the_valid_ones():
-    with pytest.raises(ValueError, match="smoke, quick, default, full, paper"):
+    with pytest.raises(ValueError, match="smoke, quick, default, full, gemma, paper"):
         load_config("fast")
 
 

@@ -246,16 +246,19 @@ PROFILES: dict[str, dict[str, Any]] = {
     ),
     # The embedded model, the whole study sized to finish within an hour on a 2-core CPU (`make all`):
     # two harmless seeds and the helpful objective, one DPO epoch on 192 pairs with 32-token answers,
-    # 32 held-out prompts per set judged on 24-token answers, four k in the sweep against one random draw.
-    # At the first trial sizes (240 pairs of 40 tokens, 32-token answers, five k, two draws) the whole run
-    # took 73.5 min. One epoch was checked against two on seed 0 (240 pairs): HarmBench refusal 0.95,
-    # benign 0.05, perplexity +2.0%, against 1.00 / 0.08 / +2.1%. `full` runs the study at the sizes below.
+    # 24 held-out prompts per set judged on 24-token answers, k = 1, 5, 20% against one random draw, C on
+    # every measure (the sampled one over two seeds). At 32 prompts per set, four k, three sample seeds and
+    # 64 finding prompts, stages 00-05 alone took 58.3 min once the continuous and sampled measures were
+    # added (issue 20; docs/performance.md), hence these sizes. At the first trial sizes (240 pairs of 40
+    # tokens, 32-token answers, five k, two draws) the whole run took 73.5 min. One epoch was checked against
+    # two on seed 0 (240 pairs): HarmBench refusal 0.95, benign 0.05, perplexity +2.0%, against
+    # 1.00 / 0.08 / +2.1%. `full` runs the study at the sizes below.
     "default": dict(
         model=EMBEDDED_MODEL,
         max_new_tokens=32,
         # "auto": 32 on a CPU, whose decode step is bound by reading the weights, so wider batches are nearly
-        # free (16 x 24 new tokens took 0.45-0.49 s per prompt, 32 rows 0.33-0.37 s; every set here has 32
-        # prompts); on a GPU as many as fit in its free memory.
+        # free (16 x 24 new tokens took 0.45-0.49 s per prompt, 32 rows 0.33-0.37 s); on a GPU as many as fit
+        # in its free memory.
         batch_size="auto",
         train_seeds=(0, 1),
         objectives=("harmless", "helpful"),
@@ -263,19 +266,19 @@ PROFILES: dict[str, dict[str, Any]] = {
         align_benign=64,
         answer_tokens=32,
         dpo_epochs=1.0,
-        finding_prompts=64,
-        patch_k_pcts=(1, 5, 10, 20),
+        finding_prompts=32,
+        patch_k_pcts=(1, 5, 20),
         patch_random_seeds=(0,),
-        patch_prompts=32,
-        sample_seeds=(0, 1, 2),
-        eval_prompts=32,
+        patch_prompts=24,
+        sample_seeds=(0, 1),
+        eval_prompts=24,
         eval_tokens=24,
         ppl_texts=24,
-        safeguard_prompts=24,
+        safeguard_prompts=16,
         safeguard_ks=(10, 50, 100, 200, 500),
         safeguard_random_seeds=(0, 1, 2),
-        probe_prompts=48,
-        trace_pairs=8,
+        probe_prompts=32,
+        trace_pairs=4,
         ablation_k_pcts=(5, 20),
         tune_steps=6,
         tune_eval_every=2,
