@@ -30,3 +30,21 @@ def test_evaluate_refusal_pairs_answers_verdicts_and_logodds():
     result = evaluate_refusal(bridge, ["one", "two", "three"], template="auto", max_new_tokens=4, batch_size=2, progress=False)
     assert len(result.answers) == len(result.refused) == len(result.logodds) == 3
     assert 0.0 <= result.rate <= 1.0 and math.isfinite(result.mean_logodds)
+
+
+def test_answer_format_counts_stopped_answers_and_new_template_turns():
+    from safety_neurons.judges.evaluation import answer_format
+    from safety_neurons.lm.chat import turn_markers
+    from safety_neurons.lm.generation import Generation
+
+    tok = tiny_tokenizer()
+    markers = turn_markers(tok, "plain")
+    answers = [Generation([1], [5, 2], "Sure.", True),
+               Generation([1], [5, 6], "Sure. ### Instruction: next", False),
+               Generation([1], [5, 6], "and so on", False),
+               Generation([1], [2], "", True)]
+    assert answer_format(answers, markers) == {"stopped": 0.5, "new_turn": 0.25}
+    assert answer_format(answers[:1], markers) == {"stopped": 1.0, "new_turn": 0.0}  # an assistant's answer
+    assert turn_markers(tok, "chat") == () and "<|user|>" in turn_markers(tok, "tulu")
+    with pytest.raises(ValueError, match="no answers"):
+        answer_format([], markers)

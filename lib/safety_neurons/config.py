@@ -284,14 +284,20 @@ PROFILES: dict[str, dict[str, Any]] = {
         tune_eval_every=2,
     ),
     # The embedded model, the full study at the RunConfig sizes: three harmless seeds, four objectives,
-    # 240 preference pairs, two DPO epochs, 64 held-out prompts per set, nine k in the sweep against three
-    # random draws (about 2.6 hours on a 2-core CPU).
+    # 240 preference pairs, 64 held-out prompts per set, nine k in the sweep against three random draws.
+    # Its DPO recipe is the one the recipe study (notebook 09) chose by criteria fixed before it ran, never by C:
+    # `small_lr`, a third of the learning rate for twice the epochs (lr 1e-2, four epochs here), the only one of
+    # five regimes whose M2 refused, kept its perplexity and over-refusal, and whose update followed its gradient
+    # (docs/results.md). `default` keeps lr 3e-2 for one epoch: twice the steps would take it past the hour.
+    # Timed before the change at about 2.6 hours on a 2-core CPU; the doubled DPO steps add to that (not re-timed).
     # Batches as it was timed (16 prompts, 32 per patched batch); batch_size="auto" gives 32 on a CPU.
-    "full": dict(model=EMBEDDED_MODEL, batch_size=16, patch_batch_size=32),
+    "full": dict(model=EMBEDDED_MODEL, batch_size=16, patch_batch_size=32, dpo_learning_rate=1e-2, dpo_epochs=4.0),
     # The paper's pipeline on a second architecture, offline (issue 21): Gemma 3 270M base (18 x 2048 neurons,
     # `python -m safety_neurons prepare --model gemma3-270m`), SFT with (IA)^3 on the embedded SmolLM2-Instruct's
-    # answers ("distilled") to make M1, then DPO with (IA)^3 on M1, then the study at sizes between `quick` and
-    # `default`. Its chat template is `plain` (the GGUF's tokenizer has none).
+    # answers ("distilled") to make M1, then DPO with (IA)^3 on M1, then the study at `default`'s study sizes
+    # (so the two compare like with like) on fewer preference pairs (a Gemma step costs more: its vocabulary
+    # head has 262k rows). Its chat template is `plain` (the GGUF's tokenizer has none). Sized by estimate to
+    # finish within two hours on a 2-core CPU; not yet timed.
     "gemma": dict(
         model="gemma3-270m",
         sft_dataset="distilled",
@@ -306,23 +312,22 @@ PROFILES: dict[str, dict[str, Any]] = {
         align_benign=32,
         answer_tokens=32,
         dpo_epochs=1.0,
-        eval_prompts=32,
-        eval_tokens=24,
-        ppl_texts=24,
-        finding_prompts=48,
+        finding_prompts=32,
         patch_k_pcts=(1, 5, 20),
         patch_random_seeds=(0,),
-        patch_prompts=32,
+        patch_prompts=24,
         sample_seeds=(0, 1),
-        safeguard_prompts=24,
+        eval_prompts=24,
+        eval_tokens=24,
+        ppl_texts=24,
+        safeguard_prompts=16,
         safeguard_ks=(10, 50, 200),
         safeguard_random_seeds=(0, 1),
         probe_prompts=32,
         trace_pairs=4,
-        ablation_k_pcts=(5,),
+        ablation_k_pcts=(5, 20),
         tune_steps=4,
         tune_eval_every=2,
-        tune_eval_prompts=8,
     ),
     # The paper's setting, by hub name: needs the hub and a GPU.
     "paper": dict(
