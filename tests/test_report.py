@@ -60,7 +60,8 @@ def test_the_comparison_reads_each_row_from_its_runs_metrics():
                                         "top5pct.layer_share.3": 0.5, "ranking.spearman_rms": 0.94},
                    "03_dynamic_patching": patching(c5, 0.0, 0.13, 0.01, 0.05),
                    "04_transfer_capability": {"C.phrase.safety.harmbench": 0.2, "C.phrase.safety.jailbreak": 0.4,
-                                              "C.phrase.random.harmbench": 0.0, "C.phrase.random.jailbreak": 0.1},
+                                              "C.phrase.random.harmbench": 0.0, "C.phrase.random.jailbreak": 0.1,
+                                              "C.phrase.safety.past_tense": None, "C.phrase.random.past_tense": None},
                    "05_stability": {"overlap.k5.mean": overlap, "spearman.mean": 0.9},
                    "06_alignment_tax": {"spearman.harmless.helpful": 0.8},
                    "07_safeguard": {"acc.harmbench.jailbreak.k10.safety": 0.7, "acc.jailbreak.harmbench.k10.safety": 0.9,
@@ -76,7 +77,7 @@ def test_the_comparison_reads_each_row_from_its_runs_metrics():
     assert row[ROW_NAMES["top5pct_layers"]][0] == "3 (0.50), 29 (0.30)"
     assert row[ROW_NAMES["C_phrase_k5"]][:2] == ["0.04 [0.00, 0.13] (random 0.01)", "0.63 [0.00, 0.13] (random 0.01)"]
     assert row[ROW_NAMES["C_phrase_k1"]][0] == "n/a"
-    assert row[ROW_NAMES["transfer"]][0] == "0.30 (random 0.05) over 2 sets"
+    assert row[ROW_NAMES["transfer"]][0] == "0.30 (random 0.05) over the 2 of 3 sets where C is defined"
     assert row[ROW_NAMES["overlap_k5"]][:2] == ["0.50", "0.70"]
     # cross-set pairs at the run's safeguard_k only: (0.7 + 0.9) / 2, random (0.5 + 0.6) / 2
     assert row[ROW_NAMES["safeguard"]][0] == "0.80 (random 0.55)"

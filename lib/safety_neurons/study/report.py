@@ -177,9 +177,11 @@ def comparison_rows(metrics: Mapping[str, Mapping], config: Mapping) -> dict[str
             rows[f"C_{measure}_{k}"] = (f"{_interval(patching, key)} (random {_num(patching.get(f'C.{measure}.random.{k}'))})"
                                         if key in patching else "n/a")
     sets = sorted({k.split(".")[3] for k in transfer if k.startswith("C.phrase.safety.") and k.count(".") == 3})
-    rows["transfer"] = (f"{_num(_mean(transfer.get(f'C.phrase.safety.{s}') for s in sets))} "
-                        f"(random {_num(_mean(transfer.get(f'C.phrase.random.{s}') for s in sets))}) over {len(sets)} sets"
-                        if sets else "n/a")
+    # C is undefined (null) on a set where M2 refuses no more than M1: the mean is over the sets where it is defined
+    defined = [s for s in sets if math.isfinite(_float(transfer.get(f"C.phrase.safety.{s}")))]
+    rows["transfer"] = (f"{_num(_mean(transfer.get(f'C.phrase.safety.{s}') for s in defined))} "
+                        f"(random {_num(_mean(transfer.get(f'C.phrase.random.{s}') for s in defined))}) "
+                        f"over the {len(defined)} of {len(sets)} sets where C is defined" if sets else "n/a")
     rows["overlap_k5"] = _num(stability.get("overlap.k5.mean"))
     rows["spearman_seeds"] = _num(stability.get("spearman.mean"))
     rows["spearman_tax"] = _num(tax.get("spearman.harmless.helpful"))
@@ -198,7 +200,7 @@ ROW_NAMES = {
     "top5pct_layers": "layers holding most of the top 5% (share)",
     "spearman_rms": "change score vs M1's activation RMS (Spearman)",
     **{f"C_{m}_{k}": f"C, {m}, top {k[1:]}% [interval] (random)" for m in ("phrase", "likelihood") for k in ("k1", "k5", "k20")},
-    "transfer": "transfer: mean phrase C at 5% over red-team sets (random)",
+    "transfer": "transfer: mean phrase C at the headline k over red-team sets (random)",
     "overlap_k5": "seed stability: top-5% overlap (mean over seed pairs)",
     "spearman_seeds": "seed stability: change-score Spearman",
     "spearman_tax": "alignment tax: harmless vs helpful change-score Spearman",
