@@ -193,6 +193,37 @@ class RunConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+# The study's sizes for a run within an hour on a 2-core CPU (`default`, see its note below; `gemma` uses them too, so
+# that the two models compare like with like): two harmless seeds and the helpful objective, one DPO epoch on
+# 32-token answers, 24 held-out prompts per set judged on 24-token answers, k = 1, 5, 20% against one random draw.
+_HOUR_STUDY: dict[str, Any] = dict(
+    max_new_tokens=32,
+    # "auto": 32 on a CPU, whose decode step is bound by reading the weights, so wider batches are nearly
+    # free (16 x 24 new tokens took 0.45-0.49 s per prompt, 32 rows 0.33-0.37 s); on a GPU as many as fit
+    # in its free memory.
+    batch_size="auto",
+    train_seeds=(0, 1),
+    objectives=("harmless", "helpful"),
+    answer_tokens=32,
+    dpo_epochs=1.0,
+    finding_prompts=32,
+    patch_k_pcts=(1, 5, 20),
+    patch_random_seeds=(0,),
+    patch_prompts=24,
+    sample_seeds=(0, 1),
+    eval_prompts=24,
+    eval_tokens=24,
+    ppl_texts=24,
+    safeguard_prompts=16,
+    safeguard_ks=(10, 50, 100, 200, 500),
+    safeguard_random_seeds=(0, 1, 2),
+    probe_prompts=32,
+    trace_pairs=4,
+    ablation_k_pcts=(5, 20),
+    tune_steps=6,
+    tune_eval_every=2,
+)
+
 PROFILES: dict[str, dict[str, Any]] = {
     # A tiny random Llama built in code (seconds): what the tests run every notebook on.
     "smoke": dict(
@@ -253,36 +284,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # tokens, 32-token answers, five k, two draws) the whole run took 73.5 min. One epoch was checked against
     # two on seed 0 (240 pairs): HarmBench refusal 0.95, benign 0.05, perplexity +2.0%, against
     # 1.00 / 0.08 / +2.1%. `full` runs the study at the sizes below.
-    "default": dict(
-        model=EMBEDDED_MODEL,
-        max_new_tokens=32,
-        # "auto": 32 on a CPU, whose decode step is bound by reading the weights, so wider batches are nearly
-        # free (16 x 24 new tokens took 0.45-0.49 s per prompt, 32 rows 0.33-0.37 s); on a GPU as many as fit
-        # in its free memory.
-        batch_size="auto",
-        train_seeds=(0, 1),
-        objectives=("harmless", "helpful"),
-        align_harmful=128,
-        align_benign=64,
-        answer_tokens=32,
-        dpo_epochs=1.0,
-        finding_prompts=32,
-        patch_k_pcts=(1, 5, 20),
-        patch_random_seeds=(0,),
-        patch_prompts=24,
-        sample_seeds=(0, 1),
-        eval_prompts=24,
-        eval_tokens=24,
-        ppl_texts=24,
-        safeguard_prompts=16,
-        safeguard_ks=(10, 50, 100, 200, 500),
-        safeguard_random_seeds=(0, 1, 2),
-        probe_prompts=32,
-        trace_pairs=4,
-        ablation_k_pcts=(5, 20),
-        tune_steps=6,
-        tune_eval_every=2,
-    ),
+    "default": dict(model=EMBEDDED_MODEL, align_harmful=128, align_benign=64, **_HOUR_STUDY),
     # The embedded model, the full study at the RunConfig sizes: three harmless seeds, four objectives,
     # 240 preference pairs, 64 held-out prompts per set, nine k in the sweep against three random draws.
     # Its DPO recipe is the one the recipe study (notebook 09) chose by criteria fixed before it ran, never by C:
@@ -298,37 +300,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # (so the two compare like with like) on fewer preference pairs (a Gemma step costs more: its vocabulary
     # head has 262k rows). Its chat template is `plain` (the GGUF's tokenizer has none). Sized by estimate to
     # finish within two hours on a 2-core CPU; not yet timed.
-    "gemma": dict(
-        model="gemma3-270m",
-        sft_dataset="distilled",
-        sft_examples=256,
-        sft_answer_tokens=48,
-        sft_epochs=2.0,
-        max_new_tokens=32,
-        batch_size="auto",
-        train_seeds=(0, 1),
-        objectives=("harmless", "helpful"),
-        align_harmful=96,
-        align_benign=32,
-        answer_tokens=32,
-        dpo_epochs=1.0,
-        finding_prompts=32,
-        patch_k_pcts=(1, 5, 20),
-        patch_random_seeds=(0,),
-        patch_prompts=24,
-        sample_seeds=(0, 1),
-        eval_prompts=24,
-        eval_tokens=24,
-        ppl_texts=24,
-        safeguard_prompts=16,
-        safeguard_ks=(10, 50, 200),
-        safeguard_random_seeds=(0, 1),
-        probe_prompts=32,
-        trace_pairs=4,
-        ablation_k_pcts=(5, 20),
-        tune_steps=4,
-        tune_eval_every=2,
-    ),
+    "gemma": dict(model="gemma3-270m", sft_dataset="distilled", sft_examples=256, sft_answer_tokens=48, sft_epochs=2.0,
+                  align_harmful=96, align_benign=32, **_HOUR_STUDY),
     # The paper's setting, by hub name: needs the hub and a GPU.
     "paper": dict(
         model="meta-llama/Llama-2-7b-hf",
