@@ -208,3 +208,16 @@ def test_two_processes_run_the_notebooks_together(tmp_path, run_root):
         assert [(s, st) for s, st, _ in first] == [("00_first", "ran"), ("01_second", "ran")]
         assert [(s, st) for s, st, _ in again] == [("00_first", "skipped"), ("01_second", "skipped")]
         assert first[0][2] == {"rank": 0}  # every process reports the metrics the main process wrote
+
+
+@pytest.mark.usefixtures("garak_prepared")
+def test_notebook_01_with_offline_sft_records_what_sft_did(run_root):
+    overrides = {"sft_dataset": "distilled", "sft_teacher": "tiny-random-llama", "sft_examples": 6,
+                 "sft_answer_tokens": 4, "sft_learning_rate": 0.1, "objectives": ["harmless"]}
+    run("smoke", only=0, overrides=overrides, progress=False)
+    (result,) = run("smoke", only=1, overrides=overrides, progress=False)
+    metrics = result.metrics
+    assert metrics["sft.train.steps"] > 0
+    for key in ("sft.base.ppl", "sft.base.stopped", "sft.base.new_turn", "sft.m1.stopped", "sft.m1.new_turn"):
+        assert 0 <= metrics[key] and (key.endswith("ppl") or metrics[key] <= 1)
+    assert any(k.startswith("sft.base.refusal.") for k in metrics)
