@@ -30,7 +30,7 @@ def main() -> None:
 
     from peft import get_peft_model
 
-    from safety_neurons.method.alignment import TrainSettings, dpo_dataset, ia3_mlp_config, train_dpo
+    from safety_neurons.method.alignment import TrainSettings, ia3_mlp_config, train_dpo
     from safety_neurons.lm.chat import format_prompt
     from safety_neurons.lm.models import load_hf_model
     from safety_neurons.data.preferences import Preference

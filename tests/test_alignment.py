@@ -18,7 +18,7 @@ from safety_neurons.method.alignment import (
 )
 from safety_neurons.data.hub import load_hub_conversations
 from safety_neurons.data.preferences import Preference
-from safety_neurons.lm.models import load_model, mlp_modules
+from safety_neurons.lm.models import load_model
 from safety_neurons.lm.tiny import tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from safety_neurons.lm.generation import answer_prompts, checked_prompt_ids, eos_token_ids, greedy_generate, left_pad, truncate_at_eos
 from safety_neurons.lm.models import to_bridge

@@ -1,5 +1,4 @@
 """Model-based judges on tiny random stand-ins saved in the real checkpoints' on-disk layouts, and kappa."""
-import json
 import math
 
 import numpy as np

@@ -2,7 +2,6 @@
 config's, a failed --force keeps what was finished, damaged files are named and recomputed."""
 import json
 
-import nbformat
 import papermill as pm
 import pytest
 
