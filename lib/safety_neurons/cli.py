@@ -142,16 +142,14 @@ def _figures(args) -> int:
 
 def _report(args) -> int:
     from .config import load_config, parse_override
-    from .study.report import finding_section, recipe_section, run_metrics
+    from .study.report import finding_section, recipe_section
 
     if args.compare:
         return _compare(args.compare)
     if not args.profile:
         raise ValueError("report needs --profile P (one run) or --compare P1 P2 ... (runs side by side)")
     cfg = load_config(args.profile, dict(parse_override(p) for p in args.params))
-    metrics = run_metrics(cfg.run_dir)
-    if not metrics:
-        raise FileNotFoundError(f"no metrics in {cfg.run_dir}: run `python -m safety_neurons run --profile {args.profile}` first")
+    metrics = _finished_metrics(cfg)
     print(finding_section(metrics, title=f"The finding on {cfg.model} (`{cfg.run_dir.name}`)",
                           headline=f"k{cfg.headline_pct:g}".replace(".", "p")))
     if "09_recipe_study" in metrics:
@@ -159,18 +157,25 @@ def _report(args) -> int:
     return 0
 
 
+def _finished_metrics(cfg) -> dict:
+    """A run's metrics for the report; a run with none is an error naming the command that makes them."""
+    from .study.report import run_metrics
+
+    metrics = run_metrics(cfg.run_dir)
+    if not metrics:
+        raise FileNotFoundError(f"no metrics in {cfg.run_dir}: run `python -m safety_neurons run --profile {cfg.profile}` first")
+    return metrics
+
+
 def _compare(profiles: list[str]) -> int:
     from .config import load_config
     from .io import read_json
-    from .study.report import comparison_section, run_metrics
+    from .study.report import comparison_section
 
     runs = {}
     for profile in profiles:
         cfg = load_config(profile)
-        metrics = run_metrics(cfg.run_dir)
-        if not metrics:
-            raise FileNotFoundError(f"no metrics in {cfg.run_dir}: run `python -m safety_neurons run --profile {profile}` first")
-        runs[f"{cfg.model} (`{cfg.run_dir.name}`)"] = (metrics, read_json(cfg.run_dir / "config.json")["config"])
+        runs[f"{cfg.model} (`{cfg.run_dir.name}`)"] = (_finished_metrics(cfg), read_json(cfg.run_dir / "config.json")["config"])
     print(comparison_section(runs, title="The models side by side"))
     return 0
 

@@ -150,7 +150,7 @@ PAPER_ROWS = {
 
 
 def _mean(values) -> float:
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    finite = [v for v in map(_float, values) if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.nan
 
 
