@@ -1,9 +1,11 @@
 """Stage 01's shared steps: the run list, preference sets, SFT, training, cached evaluations, and the
 lookup of trained models."""
+import shutil
+
 import pytest
 
 from safety_neurons.config import load_config
-from safety_neurons.study.checkpoints import m1_name, m2_adapter
+from safety_neurons.study.checkpoints import m1_key, m1_name, m2_adapter
 from safety_neurons.study.paths import ALIGNMENT
 from safety_neurons.study.training import evaluate_model, preference_pairs, run_sft, train_all, training_runs
 
@@ -159,6 +161,50 @@ def test_distilled_sft_trains_m1_offline_from_the_teachers_answers(run_root, mon
         assert 0 <= evaluation[role]["stopped"] <= 1 and 0 <= evaluation[role]["new_turn"] <= 1
         assert len(evaluation[role]["examples"]) == 2
     assert evaluation["base"]["ppl"] > 1 and set(evaluation["base"]["refusal"]) == {"harmbench"}
+
+    # M1 is keyed by what it is (model + SFT adapter), not by where its folder is: a moved run keeps its caches
+    sets, corpus = {"harmbench": ["How do I pick a lock?"]}, ["The quick brown fox jumps over the lazy dog."]
+    _, ppl = evaluate_model(cfg, "m1", None, sets, corpus, progress=False)
+    key, folder = m1_key(cfg), m1_name(cfg)
+    assert key.startswith(f"{cfg.model}+sft:") and key != m1_key(load_config("smoke"))
+    moved_root = run_root.parent / "moved"
+    shutil.move(str(run_root), str(moved_root))
+    monkeypatch.setenv("SAFETY_NEURONS_RUNS", str(moved_root))
+    moved = load_config("smoke", sft_dataset="distilled", sft_teacher="tiny-random-llama", sft_examples=6,
+                        sft_answer_tokens=4, sft_learning_rate=0.1, sft_epochs=2.0)
+    assert m1_name(moved) != folder and m1_key(moved) == key
+    with monkeypatch.context() as patched:
+        patched.setattr(models, "load_model", lambda *a, **k: pytest.fail("re-evaluated M1 after the run moved"))
+        assert evaluate_model(moved, "m1", None, sets, corpus, progress=False)[1] == ppl
+    # the DPO adapters trained on M1 are keyed by the same identity
+    import safety_neurons.study.training as training
+
+    asked = {}
+    monkeypatch.setattr(training, "train_dpo", lambda name, pairs, out, **kw: asked.update(kw, name=name))
+    training.train_m2(moved, "harmless", 0, [], progress=False)
+    assert asked["name"] == m1_name(moved) and asked["base_key"] == key
+
+
+def test_dpo_adapters_are_keyed_by_base_key_not_by_the_bases_path(tmp_path, monkeypatch):
+    import safety_neurons.method.alignment as alignment
+    from safety_neurons.data.preferences import Preference
+
+    class Claimed(Exception):
+        pass
+
+    keys = []
+
+    def claim(out, key):
+        keys.append(key)
+        raise Claimed  # the key is all this test needs: stop before loading a model
+
+    monkeypatch.setattr(alignment, "claim_dir", claim)
+    pairs = [Preference("How do I pick a lock?", "I can't help with that.", "First, get a tension wrench.", "test")]
+    for name, base_key in [("/here/m1_merged", "tiny+sft:abc"), ("/there/m1_merged", "tiny+sft:abc"),
+                           ("/here/m1_merged", None), ("/here/m1_merged", "tiny+sft:def")]:
+        with pytest.raises(Claimed):
+            alignment.train_dpo(name, pairs, tmp_path / "out", base_key=base_key, device="cpu", progress=False)
+    assert keys[0] == keys[1] and len(set(keys)) == 3
 
 
 def test_sft_settings_default_to_the_dpo_ones_and_train_with_adamw():

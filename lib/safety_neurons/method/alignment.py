@@ -150,10 +150,13 @@ def train_dpo(
     settings: TrainSettings = TrainSettings(),
     retain_texts: list[str] | None = None,
     reference_dir: str | Path | None = None,
+    base_key: str | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> TrainResult:
     """DPO with (IA)^3 on the MLP; returns where the adapter is. A finished adapter is not retrained.
+    The adapter is keyed by `base_key` (default: `base_model_name`), which names the base by what it is where
+    its name is a folder path that may move (an SFT'd M1: study.checkpoints.m1_key).
     With `settings.retain_weight > 0`, `retain_texts` (general text) anchor M2 to M1 through a KL term.
     The reference log-probabilities are cached under `reference_dir` (default: inside out_dir) by what
     they depend on, the tokenized pairs and M1's weights: runs given one folder (the training seeds of
@@ -167,7 +170,7 @@ def train_dpo(
     check_settings(settings)
     retain_texts = list(retain_texts or []) if settings.retain_weight > 0 else []
     out = Path(out_dir)
-    key = content_key("dpo", base_model_name, template, ENCODING, settings_key(settings), [asdict(p) for p in pairs], retain_texts)
+    key = content_key("dpo", base_key or base_model_name, template, ENCODING, settings_key(settings), [asdict(p) for p in pairs], retain_texts)
     done_by_main(lambda: claim_dir(out, key))  # one process empties a stale folder, not two racing
     if adapter_done(out):
         return _result_from_log(out)

@@ -17,7 +17,7 @@ from ..lm.generation import Generation
 from ..lm.models import adapter_digest
 from ..method.change_scores import NeuronRanking, activation_variance, mean_difference
 from ..names import BASELINES
-from ..study.checkpoints import m1_name, m2_adapter
+from ..study.checkpoints import m1_key, m1_name, m2_adapter
 from ..study.paths import CHANGE_SCORES
 from ..study.rankings import TOP_FRACTION, cached_change_scores, cached_ranking, overlap, ranking_path, top_count
 
@@ -43,7 +43,7 @@ def baseline_ranking(cfg: RunConfig, method: str, model, adapter: Path | None, h
     """A training-free ranking of `model` (M1, or M1 with `adapter` folded in), read at every prompt
     token; cached under a key of the model and the prompts."""
     path = ranking_path(cfg, method=method)
-    key = content_key(m1_name(cfg), adapter_digest(adapter), harmful_ids, benign_ids)
+    key = content_key(m1_key(cfg), adapter_digest(adapter), harmful_ids, benign_ids)
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; use one of {', '.join(BASELINES)}")
 

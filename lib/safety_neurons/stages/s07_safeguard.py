@@ -24,7 +24,7 @@ from ..io import cached_array, cached_json, content_key
 from ..judges.refusal import refusal_judge
 from ..lm.chat import ENCODING
 from ..study.arms import JUDGE, generation_options
-from ..study.checkpoints import m1_name
+from ..study.checkpoints import m1_key
 from ..study.paths import SAFEGUARD
 from ..study.prompts import round_robin
 
@@ -54,7 +54,7 @@ def model_answers(cfg: RunConfig, model, name: str, adapter: Path | None, set_na
     from ..lm.generation import answer_prompts
     from ..lm.models import adapter_digest
 
-    key = content_key(m1_name(cfg), adapter_digest(adapter), prompts, cfg.chat_template, ENCODING, cfg.eval_tokens)
+    key = content_key(m1_key(cfg), adapter_digest(adapter), prompts, cfg.chat_template, ENCODING, cfg.eval_tokens)
     opts = generation_options(cfg) | {"progress": progress}
     return cached_json(cfg.artifact_dir(STAGE) / "answers" / f"{name}-{set_name}.json", key,
                        lambda: [g.text for g in answer_prompts(model, prompts, template=cfg.chat_template,
@@ -76,7 +76,7 @@ def model_activations(cfg: RunConfig, model, name: str, adapter: Path | None, pr
     from ..method.safeguard import last_token_activations
 
     ids = encode_prompts(model.tokenizer, prompts, cfg.chat_template)
-    key = content_key(m1_name(cfg), adapter_digest(adapter), ids)
+    key = content_key(m1_key(cfg), adapter_digest(adapter), ids)
     return cached_array(cfg.artifact_dir(STAGE) / "activations" / f"{name}.npz", key,
                         lambda: last_token_activations(model, ids, batch_size=cfg.batch_size, progress=progress,
                                                        desc=f"{name} activations"))

@@ -20,7 +20,7 @@ from ..config import RunConfig
 from ..data.registry import load_split
 from ..io import cached_array, cached_json, content_key, write_parquet_atomic
 from ..study.arms import JUDGE
-from ..study.checkpoints import m1_name
+from ..study.checkpoints import m1_key
 from ..study.paths import INTERPRETATION
 from ..study.prompts import round_robin
 
@@ -87,7 +87,7 @@ def model_residuals(cfg: RunConfig, model, name: str, adapter: Path | None, prom
     from ..method.interpretation import last_token_residuals
     from ..lm.models import adapter_digest
 
-    key = content_key(m1_name(cfg), adapter_digest(adapter), prompt_ids)
+    key = content_key(m1_key(cfg), adapter_digest(adapter), prompt_ids)
     return cached_array(cfg.artifact_dir(STAGE) / "residuals" / f"{name}.npz", key,
                         lambda: last_token_residuals(model, prompt_ids, batch_size=cfg.batch_size, progress=progress,
                                                      desc=f"{name} residuals"))
@@ -134,7 +134,7 @@ def run_traces(cfg: RunConfig, model, adapter: Path | None, prompt_ids: dict[str
 
     out = {}
     for direction, (receiver, source) in DIRECTIONS.items():
-        key = content_key(m1_name(cfg), adapter_digest(adapter), prompt_ids[receiver], prompt_ids[source])
+        key = content_key(m1_key(cfg), adapter_digest(adapter), prompt_ids[receiver], prompt_ids[source])
         value = cached_json(cfg.artifact_dir(STAGE) / "traces" / f"{direction}.json", key, meta={"judge": JUDGE}, compute=lambda: component_trace(
             model, prompt_ids[receiver], prompt_ids[source], batch_size=cfg.batch_size, progress=progress,
             desc=direction.replace("_", " ")).to_json())
@@ -349,7 +349,7 @@ def run_tuning(cfg: RunConfig, m1, adapter: Path, ranking, *, progress: bool = T
         examples = tune_examples(cfg, m1, experiment)
         base, digest = (m2_scales, adapter_digest(adapter)) if experiment == "remove" else (None, None)
         for arm, chosen in neurons.items():
-            key = content_key(m1_name(cfg), digest, experiment, chosen, examples, eval_ids, cfg.tune_steps, cfg.tune_learning_rate,
+            key = content_key(m1_key(cfg), digest, experiment, chosen, examples, eval_ids, cfg.tune_steps, cfg.tune_learning_rate,
                               cfg.tune_batch_size, cfg.tune_eval_every, cfg.eval_tokens, cfg.seed)
 
             def train():

@@ -115,7 +115,7 @@ def train_regimes(cfg: RunConfig, pairs, *, progress: bool = True) -> dict[str, 
     adapter is not retrained. The reference log-probs are stage 01's (same pairs, same M1)."""
     from ..lm.models import model_shape
     from ..method.alignment import train_dpo
-    from ..study.checkpoints import load_m1, m1_name
+    from ..study.checkpoints import load_m1, m1_key, m1_name
     from ..study.paths import ALIGNMENT
     from ..study.training import dpo_settings, retain_texts
 
@@ -131,7 +131,7 @@ def train_regimes(cfg: RunConfig, pairs, *, progress: bool = True) -> dict[str, 
         results[regime] = train_dpo(m1_name(cfg), pairs, cfg.artifact_dir(STAGE) / regime, template=cfg.chat_template,
                                     settings=settings, retain_texts=retain_texts(cfg),
                                     reference_dir=cfg.artifact_dir(ALIGNMENT) / "harmless" / "reference",
-                                    device=cfg.device, progress=progress)
+                                    base_key=m1_key(cfg), device=cfg.device, progress=progress)
     return results
 
 

@@ -20,7 +20,7 @@ from ..io import content_key, store_json, stored_json
 from ..judges.refusal import refusal_judge
 from ..lm.generation import Generation
 from ..names import PHRASE_JUDGE
-from .checkpoints import m1_name
+from .checkpoints import m1_key
 
 
 JUDGE = PHRASE_JUDGE
@@ -86,7 +86,7 @@ def arm_key(cfg: RunConfig, prompt_ids: list[list[int]], method: str, adapters, 
     if method not in ARM_METHODS:
         raise ValueError(f"unknown arm method {method!r}; use one of {', '.join(ARM_METHODS)}")
     pairs = None if neurons is None else [[int(layer), int(i)] for layer, i in neurons]
-    return content_key(m1_name(cfg), prompt_ids, method, adapters, pairs, cfg.eval_tokens, *extra)
+    return content_key(m1_key(cfg), prompt_ids, method, adapters, pairs, cfg.eval_tokens, *extra)
 
 
 def ablation_key(cfg: RunConfig, prompt_ids: list[list[int]], mode: str, digest: str | None, neurons, ranking) -> str:

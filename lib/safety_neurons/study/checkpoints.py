@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RunConfig
-from ..method.alignment import adapter_done
+from ..method.alignment import ADAPTER_DIRNAME, adapter_done
 from .paths import ALIGNMENT
 
 
@@ -20,6 +20,18 @@ def m1_name(cfg: RunConfig) -> str:
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"M1 (the SFT checkpoint) is missing at {path}: run notebook 01_alignment first")
     return str(path)
+
+
+def m1_key(cfg: RunConfig) -> str:
+    """What cached artifacts of M1 (and of M2s trained on it) are keyed by: the configured model's name, and when
+    the profile has SFT, the sha256 of the SFT adapter folded into it. Never M1's folder path (m1_name): a run
+    directory that is moved, or read from another checkout, keeps its caches, and a retrained SFT does not."""
+    if cfg.sft_dataset is None:
+        return cfg.model
+    from ..lm.models import adapter_digest
+
+    m1_name(cfg)  # M1 must exist: the same one-line error as loading it
+    return f"{cfg.model}+sft:{adapter_digest(m1_sft_dir(cfg).parent / ADAPTER_DIRNAME)}"
 
 
 def m1_sft_dir(cfg: RunConfig) -> Path:

@@ -12,7 +12,7 @@ from ..io import cached, content_key, store_json, stored_json
 from ..lm.generation import Generation
 from ..method.change_scores import NeuronRanking
 from ..names import ALTERNATIVE_RANKINGS, BASELINES
-from .checkpoints import m1_name
+from .checkpoints import m1_key
 from .paths import CHANGE_SCORES
 
 
@@ -62,7 +62,7 @@ def m1_generations(cfg: RunConfig, m1, prompt_ids: list[list[int]], *, progress:
     from ..lm.sharding import is_main_process, main_decides, sharded_generate
 
     path = cfg.artifact_dir(CHANGE_SCORES) / "m1_generations.json"
-    key = content_key(m1_name(cfg), cfg.max_new_tokens, prompt_ids)
+    key = content_key(m1_key(cfg), cfg.max_new_tokens, prompt_ids)
 
     def stored() -> list[dict] | None:
         saved = stored_json(path, key)

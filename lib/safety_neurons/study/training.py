@@ -16,7 +16,7 @@ from ..io import cached_json, content_key
 from ..lm.chat import ENCODING
 from ..lm.sharding import done_by_main
 from ..method.alignment import TrainResult, TrainSettings, save_merged_model, train_dpo, train_sft
-from .checkpoints import load_m1, load_with_adapter, m1_name, m1_sft_dir, run_dir_of
+from .checkpoints import load_m1, load_with_adapter, m1_key, m1_name, m1_sft_dir, run_dir_of
 from .paths import ALIGNMENT
 from .prompts import alignment_prompts, round_robin
 
@@ -153,7 +153,8 @@ def training_runs(cfg: RunConfig) -> list[tuple[str, int]]:
 def train_m2(cfg: RunConfig, objective: str, seed: int, pairs: list[Preference], *, progress: bool = True) -> TrainResult:
     return train_dpo(m1_name(cfg), pairs, run_dir_of(cfg, objective, seed), template=cfg.chat_template,
                      settings=dpo_settings(cfg, seed), retain_texts=retain_texts(cfg),
-                     reference_dir=cfg.artifact_dir(ALIGNMENT) / objective / "reference", device=cfg.device, progress=progress)
+                     reference_dir=cfg.artifact_dir(ALIGNMENT) / objective / "reference", base_key=m1_key(cfg),
+                     device=cfg.device, progress=progress)
 
 
 def train_all(cfg: RunConfig, runs: list[tuple[str, int]] | None = None, *, progress: bool = True) -> dict[tuple[str, int], TrainResult]:
@@ -189,7 +190,7 @@ def evaluate_model(cfg: RunConfig, name: str, adapter: Path | None, sets: dict[s
     from ..lm.generation import Generation
     from ..lm.models import adapter_digest
 
-    key = content_key(m1_name(cfg), adapter_digest(adapter), sets, corpus, cfg.chat_template, ENCODING, cfg.eval_tokens)
+    key = content_key(m1_key(cfg), adapter_digest(adapter), sets, corpus, cfg.chat_template, ENCODING, cfg.eval_tokens)
     path = cfg.artifact_dir(ALIGNMENT) / "evaluations" / f"{name.replace('/', '-')}.json"
 
     def compute() -> dict:
