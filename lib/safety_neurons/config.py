@@ -298,10 +298,13 @@ PROFILES: dict[str, dict[str, Any]] = {
     # `python -m safety_neurons prepare --model gemma3-270m`), SFT with (IA)^3 on the embedded SmolLM2-Instruct's
     # answers ("distilled") to make M1, then DPO with (IA)^3 on M1, then the study at `default`'s study sizes
     # (so the two compare like with like) on fewer preference pairs (a Gemma step costs more: its vocabulary
-    # head has 262k rows). Its chat template is `plain` (the GGUF's tokenizer has none). Sized by estimate to
-    # finish within two hours on a 2-core CPU; not yet timed.
+    # head has 262k rows). Its chat template is `plain` (the GGUF's tokenizer has none). SFT at lr 1e-2, a third
+    # of the DPO rate, by the issue's bar for M1, fixed before any C was seen: at 3e-2 M1 refused 0.12 of held-out
+    # HarmBench prompts and lost 47% perplexity, at 1e-2 it refused 0.00 and lost 13%, both keeping the answer
+    # format (benchmarks/sft_recipe.py, docs/results.md). All nine stages took 77.7 min on a 2-core CPU at 3e-2
+    # (docs/performance.md); the learning rate does not change the work.
     "gemma": dict(model="gemma3-270m", sft_dataset="distilled", sft_examples=256, sft_answer_tokens=48, sft_epochs=2.0,
-                  align_harmful=96, align_benign=32, **_HOUR_STUDY),
+                  sft_learning_rate=1e-2, align_harmful=96, align_benign=32, **_HOUR_STUDY),
     # The paper's setting, by hub name: needs the hub and a GPU.
     "paper": dict(
         model="meta-llama/Llama-2-7b-hf",
