@@ -218,13 +218,9 @@ def evaluate_sft(cfg: RunConfig, sets: dict[str, list[str]], corpus: list[str], 
     from ..lm.generation import answer_prompts
     from ..lm.models import load_model
 
-    from ..lm.models import adapter_digest
-    from ..method.alignment import ADAPTER_DIRNAME
-
     prompts = [p for ps in sets.values() for p in ps]
-    # M1 by its SFT adapter's weights, not its folder's name: a retrained SFT is evaluated again
-    sft_digest = adapter_digest(cfg.artifact_dir(ALIGNMENT) / "sft" / ADAPTER_DIRNAME)
-    key = content_key(cfg.model, sft_digest, sets, corpus, cfg.chat_template, ENCODING, cfg.eval_tokens, cfg.sft_answer_tokens)
+    # M1 by its SFT adapter's weights (m1_key), not its folder's name: a retrained SFT is evaluated again
+    key = content_key(m1_key(cfg), sets, corpus, cfg.chat_template, ENCODING, cfg.eval_tokens, cfg.sft_answer_tokens)
 
     def formats(model, role: str) -> dict:
         answers = answer_prompts(model, prompts, template=cfg.chat_template, max_new_tokens=cfg.sft_answer_tokens,
