@@ -127,8 +127,8 @@ def test_ctrl_c_ends_with_one_line(monkeypatch, capsys):
 
 
 def test_a_run_directory_recorded_before_a_field_existed_is_still_its_configs(run_root):
-    """A field added since (at its profile's value) neither moves an override run to a new directory nor makes
-    the old directory 'another config'; given another value it does both."""
+    """A field added since (at the value it had when it was added) neither moves an override run to a new
+    directory nor makes the old directory 'another config'; given another value it does both."""
     import json
 
     from safety_neurons.config import ConfigError, claim_run_dir, load_config
@@ -145,3 +145,23 @@ def test_a_run_directory_recorded_before_a_field_existed_is_still_its_configs(ru
     assert other.run_dir != cfg.run_dir
     with pytest.raises(ConfigError, match="another config"):
         claim_run_dir(load_config("smoke", max_new_tokens=5, sample_seeds=[7], run_name=cfg.run_dir.name))
+
+
+def test_a_profiles_later_change_to_an_added_field_changes_its_fingerprint(monkeypatch):
+    """An added field is left out of the identity only at the value it had when it was added, never at the live
+    profile's: a profile that changes it later computes something else, so it must not keep its old fingerprint."""
+    from safety_neurons import config
+
+    before = load_config("gemma").fingerprint()
+    monkeypatch.setitem(config.PROFILES, "gemma", {**config.PROFILES["gemma"], "sft_epochs": 3.0})
+    assert load_config("gemma").fingerprint() != before
+
+
+def test_gemma_at_its_former_sft_rate_keeps_the_identity_its_runs_recorded():
+    """`gemma` trained SFT at the DPO rate (sft_learning_rate None) until it moved to 1e-2: a run directory made
+    then leaves the field out of its identity, the profile as it is now does not, so the two never share a
+    fingerprint."""
+    former, now = load_config("gemma", sft_learning_rate=None), load_config("gemma")
+    assert "sft_learning_rate" not in former.identity()
+    assert now.identity()["sft_learning_rate"] == now.sft_learning_rate != former.sft_learning_rate
+    assert former.fingerprint() != now.fingerprint()

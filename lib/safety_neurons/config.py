@@ -178,14 +178,12 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         """Every field that decides what a run computes (not where it writes: run_root, run_name). A field added
-        after runs were made (_ADDED_FIELDS) is left out while it holds its profile's value, so an older run
-        directory, made when the field did not exist, is still this config's (and keeps its fingerprint)."""
-        values = self.to_dict()
-        profile = PROFILES.get(self.profile)
-        if profile is not None:
-            own = RunConfig(**{"profile": self.profile, **profile}).to_dict()
-            values = {k: v for k, v in values.items() if not (k in _ADDED_FIELDS and v == own[k])}
-        return {k: v for k, v in values.items() if k not in _LOCATION_FIELDS}
+        after runs were made is left out while it holds the value it had in this profile when it was added
+        (_ADDED_FIELDS), so an older run directory, made when the field did not exist, is still this config's
+        (and keeps its fingerprint), while a later change of the profile's value gives a new fingerprint."""
+        added = {**_ADDED_FIELDS, **_ADDED_FIELDS_IN_PROFILES.get(self.profile, {})}
+        return {k: v for k, v in self.to_dict().items()
+                if k not in _LOCATION_FIELDS and not (k in added and v == _jsonable(added[k]))}
 
     def fingerprint(self) -> str:
         """A short hash of `identity()`: equal configs, equal fingerprints, wherever they write."""
@@ -336,9 +334,21 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 _CHAT_TEMPLATES = ("auto", "chat", "plain", "tulu")
 _LOCATION_FIELDS = ("run_root", "run_name")
-# Fields added after run directories were made (issue 20); see RunConfig.identity.
-_ADDED_FIELDS = ("sample_seeds", "recipe_regimes", "recipe_k_pcts", "dpo_optimizer", "dpo_momentum", "sft_teacher",
-                 "sft_answer_tokens", "sft_learning_rate", "sft_epochs")
+# Fields added after run directories were made (issues 20 and 21), with the value each had when it was added: its
+# default (_ADDED_FIELDS) or the profile's own (_ADDED_FIELDS_IN_PROFILES); see RunConfig.identity. Frozen literals,
+# never the live defaults or profiles: when identity read the live profile, `gemma`'s move to SFT at lr 1e-2
+# (8726beb) kept the fingerprint of its lr 3e-2 runs (b0e132ae) for a config that computes something else. A field
+# added later gets an entry here; an entry is never edited.
+_ADDED_FIELDS: dict[str, Any] = dict(
+    sample_seeds=(0, 1, 2, 3), recipe_regimes=("profile", "adam_eps", "small_lr", "sgd_momentum", "pure_dpo"),
+    recipe_k_pcts=(1, 5, 20), dpo_optimizer="adamw", dpo_momentum=0.0, sft_teacher="smollm2-135m-instruct",
+    sft_answer_tokens=64, sft_learning_rate=None, sft_epochs=None)
+_ADDED_FIELDS_IN_PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": dict(sample_seeds=(0, 1), recipe_regimes=("profile", "sgd_momentum"), recipe_k_pcts=(5, 100)),
+    "quick": dict(sample_seeds=(0, 1)),
+    "default": dict(sample_seeds=(0, 1)),
+    "gemma": dict(sample_seeds=(0, 1), sft_answer_tokens=48, sft_epochs=2.0),  # sft_learning_rate: None until 8726beb
+}
 # Fields that name prompt sets (checked against the registry at load; `file:PATH` sets resolved to absolute paths).
 _SET_FIELDS = ("harmful_sets", "benign_sets", "train_harmful_sets", "text_corpus")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
