@@ -31,11 +31,16 @@ def m1_key(cfg: RunConfig) -> str:
     from ..lm.models import adapter_digest
 
     m1_name(cfg)  # M1 must exist: the same one-line error as loading it
-    return f"{cfg.model}+sft:{adapter_digest(m1_sft_dir(cfg).parent / ADAPTER_DIRNAME)}"
+    return f"{cfg.model}+sft:{adapter_digest(sft_dir(cfg) / ADAPTER_DIRNAME)}"
+
+
+def sft_dir(cfg: RunConfig) -> Path:
+    """Stage 01's SFT folder: the SFT adapter (ADAPTER_DIRNAME) and M1 with it folded in (m1_sft_dir)."""
+    return cfg.artifact_dir(ALIGNMENT) / "sft"
 
 
 def m1_sft_dir(cfg: RunConfig) -> Path:
-    return cfg.artifact_dir(ALIGNMENT) / "sft" / "m1_merged"
+    return sft_dir(cfg) / "m1_merged"
 
 
 def run_dir_of(cfg: RunConfig, objective: str, seed: int) -> Path:

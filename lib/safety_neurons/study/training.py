@@ -16,7 +16,7 @@ from ..io import cached_json, content_key
 from ..lm.chat import ENCODING
 from ..lm.sharding import done_by_main
 from ..method.alignment import TrainResult, TrainSettings, save_merged_model, train_dpo, train_sft
-from .checkpoints import load_m1, load_with_adapter, m1_key, m1_name, m1_sft_dir, run_dir_of
+from .checkpoints import load_m1, load_with_adapter, m1_key, m1_name, m1_sft_dir, run_dir_of, sft_dir
 from .paths import ALIGNMENT
 from .prompts import alignment_prompts, round_robin
 
@@ -27,7 +27,7 @@ def run_sft(cfg: RunConfig, *, conversations_path: str | None = None, progress: 
     by its data and settings (method.alignment.train_sft): a finished SFT is not redone."""
     if cfg.sft_dataset is None:
         return None
-    out = cfg.artifact_dir(ALIGNMENT) / "sft"
+    out = sft_dir(cfg)
     conversations = sft_conversations(cfg, conversations_path=conversations_path, progress=progress)
     result = train_sft(cfg.model, conversations, out, template=cfg.chat_template, settings=sft_settings(cfg),
                        device=cfg.device, progress=progress)
