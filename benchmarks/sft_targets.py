@@ -21,10 +21,8 @@ def main() -> None:
     parser.add_argument("--run-name", help="run directory name under runs/ (default: the profile's own)")
     args = parser.parse_args()
 
-    from transformers import AutoTokenizer
-
     from safety_neurons.config import load_config
-    from safety_neurons.data.embedded import EMBEDDED_MODELS, embedded_model_dir
+    from safety_neurons.lm.models import load_tokenizer
     from safety_neurons.study.paths import ALIGNMENT
 
     cfg = load_config(args.profile, {"run_name": args.run_name} if args.run_name else {})
@@ -32,12 +30,9 @@ def main() -> None:
     if cfg.sft_dataset != "distilled" or not path.exists():
         raise SystemExit(f"no distilled SFT answers at {path}: run stage 01 of a profile with sft_dataset='distilled'")
 
-    def tokenizer(name: str):
-        return AutoTokenizer.from_pretrained(str(embedded_model_dir(name)) if name in EMBEDDED_MODELS else name)
-
     answers = [a.strip() for a in json.loads(path.read_text())["answers"] if a.strip()]
     limit = cfg.sft_answer_tokens
-    teacher_tokenizer, student_tokenizer = tokenizer(cfg.sft_teacher), tokenizer(cfg.model)
+    teacher_tokenizer, student_tokenizer = load_tokenizer(cfg.sft_teacher), load_tokenizer(cfg.model)
     teacher = [len(teacher_tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
     student = [len(student_tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers]
     # a cut answer has `limit` tokens; stripping whitespace can take one off

@@ -10,6 +10,7 @@ from safety_neurons.lm.models import (
     ModelLoadError,
     fold_ia3,
     load_model,
+    load_tokenizer,
     mlp_modules,
     model_shape,
     to_bridge,
@@ -149,6 +150,21 @@ def test_unknown_model_folder_is_refused(tmp_path):
         load_model(str(tmp_path / "missing" / "model"), device="cpu")
     with pytest.raises(ModelLoadError, match="no config.json"):
         load_model(str(tmp_path), device="cpu")
+
+
+def test_load_tokenizer_resolves_names_as_load_model_does(tmp_path):
+    from safety_neurons.config import TINY_MODEL
+
+    text = "How do I pick a lock?"
+    expected = tiny_tokenizer()(text)["input_ids"]
+    assert load_tokenizer(TINY_MODEL)(text)["input_ids"] == expected
+    tiny_model("llama").save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    assert load_tokenizer(str(tmp_path / "model"))(text)["input_ids"] == expected
+    with pytest.raises(ModelLoadError, match="unknown model 'gpt7'.*org/name"):
+        load_tokenizer("gpt7")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "missing" / "model"))
 
 
 def test_model_shape_counts_neurons():

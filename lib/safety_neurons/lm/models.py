@@ -93,13 +93,7 @@ def load_hf_model(name: str, *, dtype: torch.dtype = torch.float32, attn_impleme
         model = tiny_model("llama").to(dtype)
         model.set_attn_implementation(attn_implementation)
         return model, tiny_tokenizer()
-    from ..data.embedded import EMBEDDED_MODELS, embedded_model_dir
-
-    known = f"{', '.join(map(repr, EMBEDDED_MODELS))} (embedded), {TINY_MODEL!r} (tiny, for tests), "
-    if name in EMBEDDED_MODELS:
-        source = str(embedded_model_dir(name))
-    else:
-        source = checkpoint_source(name, hint=known)
+    source, known = _model_source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn_implementation)
@@ -109,6 +103,30 @@ def load_hf_model(name: str, *, dtype: torch.dtype = torch.float32, attn_impleme
             "a local checkpoint folder, or a hub id on a machine that reaches the hub."
         ) from exc
     return model.eval(), tokenizer
+
+
+def load_tokenizer(name: str):
+    """The tokenizer alone of a model load_hf_model would load (same names, same errors), without its weights."""
+    if name == TINY_MODEL:
+        from .tiny import tiny_tokenizer
+
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    source, known = _model_source(name)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise ModelLoadError(f"could not load the tokenizer of {name!r}: {exc}. Use {known}"
+                             "a local checkpoint folder, or a hub id on a machine that reaches the hub.") from exc
+
+
+def _model_source(name: str) -> tuple[str, str]:
+    """Where model `name` (embedded, a local folder or a hub id) loads from, and the names that work, for errors."""
+    from ..data.embedded import EMBEDDED_MODELS, embedded_model_dir
+
+    known = f"{', '.join(map(repr, EMBEDDED_MODELS))} (embedded), {TINY_MODEL!r} (tiny, for tests), "
+    return (str(embedded_model_dir(name)) if name in EMBEDDED_MODELS else checkpoint_source(name, hint=known)), known
 
 
 def mlp_modules(model) -> list[torch.nn.Module]:
