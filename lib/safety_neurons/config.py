@@ -299,8 +299,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # head has 262k rows). Its chat template is `plain` (the GGUF's tokenizer has none). SFT at lr 1e-2, a third
     # of the DPO rate, by the bar for M1, fixed before any C was seen: at 3e-2 M1 refused 0.12 of held-out
     # HarmBench prompts and lost 47% perplexity, at 1e-2 it refused 0.00 and lost 13%, both keeping the answer
-    # format (benchmarks/sft_recipe.py, docs/results.md). All nine stages took 77.7 min on a 2-core CPU at 3e-2
-    # (docs/performance.md); the learning rate does not change the work.
+    # format (benchmarks/sft_recipe.py, docs/results.md). All nine stages took 103.0 min on a 2-core CPU at 1e-2,
+    # 77.7 min at 3e-2 on a faster session of the same machine (docs/performance.md).
     "gemma": dict(model="gemma3-270m", sft_dataset="distilled", sft_examples=256, sft_answer_tokens=48, sft_epochs=2.0,
                   sft_learning_rate=1e-2, align_harmful=96, align_benign=32, **_HOUR_STUDY),
     # The paper's setting, by hub name: needs the hub and a GPU.
